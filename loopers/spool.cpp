@@ -11,7 +11,8 @@
 // Every regular file DIRECTORY/ROUTING_KEY.json (a JSON object) or ROUTING_KEY.yml/.yaml (a YAML
 // mapping) is one event whose id is the file name. Writers must make a file appear complete:
 // write it elsewhere on the same file system or under a name starting with '.', then rename it
-// in; writing it in place also works because the file is only read once it is closed.
+// in. A file written in place is read when it is closed, which is only safe while we run: one
+// being written when we start is read half-written.
 // An empty file is an event with an empty body, so `touch DIR/org.example.hello.json` is enough.
 //
 // When the supervisor answers, the file is removed (succeeded, unrouted), moved to
