@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The supervisor: owns the event loop, the loopers, the queue and the executor.
+#pragma once
+
+#include "loopabull/config.hpp"
+#include "loopabull/executor.hpp"
+#include "loopabull/looper.hpp"
+#include "loopabull/routing.hpp"
+#include "loopabull/scheduler.hpp"
+#include "loopabull/sd-ptr.hpp"
+#include "loopabull/unique-fd.hpp"
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace loopabull {
+
+struct ManagerOptions {
+    std::string config_path;
+    std::string instance = "default";
+    std::optional<LogLevel> log_level; // --log-level wins over the file
+    std::string looper_dir;
+};
+
+struct Job {
+    JobId id = 0;
+    std::string routing_key;
+    json body;
+    std::optional<json> event_id;
+    std::string looper;
+    std::uint64_t generation = 0;
+    std::string playbook;
+    std::string vars_path; // set once written
+    bool admitted = false; // holds one of the scheduler's running slots
+};
+
+struct Counters {
+    std::uint64_t events_received = 0;
+    std::uint64_t events_rejected = 0;
+    std::uint64_t events_unrouted = 0;
+    std::uint64_t jobs_succeeded = 0;
+    std::uint64_t jobs_failed = 0; // failed, timeout and cancelled
+};
+
+class Manager final : public LooperHost, public ExecutorHost {
+public:
+    Manager(ManagerOptions options, Config config);
+    ~Manager() override;
+
+    // Runs until stopped; returns the process exit status.
+    int run();
+
+    // LooperHost
+    bool looper_line(Looper& looper, const LineReader::Line& line) override;
+    void looper_stopped(Looper& looper) override;
+    // ExecutorHost
+    void job_finished(JobId id, const Outcome& outcome) override;
+
+private:
+    static int on_signal(sd_event_source*, const signalfd_siginfo*, void*) noexcept;
+    static int on_stop_timeout(sd_event_source*, uint64_t, void*) noexcept;
+    static int on_status_timer(sd_event_source*, uint64_t, void*) noexcept;
+    static int on_reap(sd_event_source*, void*) noexcept;
+
+    void setup_event_loop();
+    void setup_runtime_dir();
+    void apply(Config config);
+    void apply_loopers(const std::vector<LooperConfig>& wanted);
+    void reload();
+    void begin_stop();
+    void stop_loopers();
+
+    void reject(Looper& looper, const std::optional<json>& id, const std::string& reason);
+    void route(Looper& looper, Event event);
+    void answer(const std::string& looper, std::uint64_t generation, const std::optional<json>& id,
+                Result result, std::optional<int> exit_code, std::string_view error = {});
+    void start_jobs();
+    std::optional<std::string> launch(Job& job);
+    std::optional<std::string> write_vars(Job& job);
+    JobSpec job_spec(const Job& job) const;
+    void complete(JobId id, const Outcome& outcome);
+    void update_intake();
+    void status_changed();
+    void send_status();
+
+    ManagerOptions options_;
+    Config config_;
+    EventPtr event_;
+    SourcePtr sigterm_, sigint_, sighup_, stop_timer_, status_timer_, reaper_;
+    RoutingFilter filter_{{}};
+    UniqueFd playbooks_dirfd_;
+    Scheduler scheduler_{1, 1};
+    std::unique_ptr<DirectExecutor> executor_;
+    std::map<std::string, std::unique_ptr<Looper>> loopers_;
+    std::vector<std::unique_ptr<Looper>> retiring_;
+    std::unordered_map<JobId, Job> jobs_;
+    std::vector<std::string> job_env_;
+    std::string runtime_dir_, vars_dir_;
+    JobId next_job_ = 1;
+    Counters counters_;
+    bool stopping_ = false;
+    bool intake_open_ = true;
+    bool status_dirty_ = false;
+    bool notify_ = false;
+};
+
+} // namespace loopabull

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// Looper protocol v1: line framing and event parsing. Pure logic, no I/O.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+
+namespace loopabull {
+
+using json = nlohmann::json;
+
+struct Event {
+    std::string routing_key;
+    json body;              // always an object
+    std::optional<json> id; // string or integer, echoed in the answer
+};
+
+struct Rejection {
+    std::string reason;
+    std::optional<json> id; // set when the id could be read, so the looper still gets an answer
+};
+
+using ParsedEvent = std::variant<Event, Rejection>;
+
+// Parses one line (without its newline). Never throws: every malformed input is a Rejection.
+ParsedEvent parse_event(std::string_view line);
+
+enum class Result { succeeded, failed, unrouted, rejected, timeout, cancelled };
+
+std::string_view to_string(Result r) noexcept;
+
+// One answer line, newline included.
+std::string format_answer(const json& id, Result result, std::optional<int> exit_code,
+                          std::string_view error = {});
+
+bool valid_utf8(std::string_view s) noexcept;
+
+// Splits a byte stream into lines with a hard bound on memory: a line longer than the limit is
+// reported once as overlong and the rest of it is discarded up to the next newline.
+class LineReader {
+public:
+    struct Line {
+        std::string_view text; // the line, or its first bytes when overlong
+        bool overlong = false;
+    };
+
+    explicit LineReader(std::size_t max_line) : max_line_(max_line) {}
+
+    // Room for at least `want` more bytes; fill it, then call commit() with what was read.
+    std::span<char> prepare(std::size_t want);
+    void commit(std::size_t n);
+
+    // The next complete line; the view stays valid until the next call to prepare() or next().
+    std::optional<Line> next();
+
+    // Bytes of an unfinished line held (a partial last line at EOF is never dispatched).
+    std::size_t pending() const noexcept { return discarding_ ? 0 : buf_.size() - start_; }
+    // Whether a newline is buffered, i.e. next() has something to return.
+    bool has_line() const noexcept;
+    std::size_t max_line() const noexcept { return max_line_; }
+    void set_max_line(std::size_t n) noexcept { max_line_ = n; }
+
+private:
+    void compact();
+
+    std::string buf_;
+    std::size_t start_ = 0; // first byte not yet returned
+    std::size_t scan_ = 0;  // bytes from start_ known to hold no newline
+    std::size_t filled_ = 0;
+    std::size_t max_line_;
+    bool discarding_ = false;
+};
+
+} // namespace loopabull

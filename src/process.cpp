@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "loopabull/process.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+
+extern char** environ;
+
+namespace loopabull {
+
+namespace {
+
+void set_nonblock(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        throw std::system_error(errno, std::generic_category(), "fcntl(O_NONBLOCK)");
+}
+
+// dup2 clears close-on-exec, except when source and target are the same descriptor.
+bool place(int src, int target) {
+    if (src == target) return fcntl(target, F_SETFD, 0) == 0;
+    return dup2(src, target) == target;
+}
+
+[[noreturn]] void child(const SpawnSpec& spec, char* const* argv, char* const* envp, int devnull,
+                        int err_fd, pid_t parent) {
+    if (spec.death_signal) {
+        prctl(PR_SET_PDEATHSIG, spec.death_signal);
+        if (getppid() != parent) _exit(127);
+    }
+    if (spec.new_session) setsid();
+    else setpgid(0, 0);
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
+    int fds[] = {spec.stdin_fd, spec.stdout_fd, spec.stderr_fd};
+    for (int i = 0; i < 3; ++i)
+        if (!place(fds[i] >= 0 ? fds[i] : devnull, i)) goto fail;
+    if (spec.fd3 >= 0 && !place(spec.fd3, 3)) goto fail;
+    // Close-on-exec covers our own descriptors; this also drops any the supervisor inherited.
+    close_range(spec.fd3 >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC);
+    execve(argv[0], argv, envp);
+fail:
+    int e = errno;
+    (void)!write(err_fd, &e, sizeof e);
+    _exit(127);
+}
+
+std::vector<char*> pointers(const std::vector<std::string>& strings) {
+    std::vector<char*> out;
+    out.reserve(strings.size() + 1);
+    for (auto& s : strings) out.push_back(const_cast<char*>(s.c_str()));
+    out.push_back(nullptr);
+    return out;
+}
+
+} // namespace
+
+Pipe make_pipe(bool nonblock_read, bool nonblock_write) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) throw std::system_error(errno, std::generic_category(), "pipe2");
+    Pipe p{UniqueFd(fds[0]), UniqueFd(fds[1])};
+    if (nonblock_read) set_nonblock(fds[0]);
+    if (nonblock_write) set_nonblock(fds[1]);
+    return p;
+}
+
+Spawned spawn(const SpawnSpec& spec) {
+    auto argv = pointers(spec.argv);
+    auto envp = pointers(spec.env);
+    UniqueFd devnull(open("/dev/null", O_RDWR | O_CLOEXEC));
+    int err_pipe[2];
+    if (!devnull || pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno};
+    UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) return {-1, errno};
+    if (pid == 0) child(spec, argv.data(), envp.data(), devnull.get(), err_write.get(), parent);
+    err_write.reset();
+    // Blocks only until execve: the pipe closes on exec, or carries the child's errno.
+    int child_errno = 0;
+    ssize_t n;
+    do n = read(err_read.get(), &child_errno, sizeof child_errno);
+    while (n < 0 && errno == EINTR);
+    if (n != sizeof child_errno) return {pid, 0};
+    // The child is gone already; reap it here so that callers only ever track live children.
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {}
+    return {-1, child_errno};
+}
+
+std::vector<std::string> inherited_environment() {
+    static constexpr std::string_view drop[] = {"NOTIFY_SOCKET=", "WATCHDOG_PID=", "WATCHDOG_USEC=",
+                                                "LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=",
+                                                "JOURNAL_STREAM=", "LOOPABULL_"};
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e) {
+        std::string_view var(*e);
+        bool keep = true;
+        for (auto prefix : drop) keep = keep && !var.starts_with(prefix);
+        if (keep) env.emplace_back(var);
+    }
+    return env;
+}
+
+} // namespace loopabull
