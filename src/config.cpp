@@ -49,7 +49,7 @@ std::optional<std::uint64_t> parse_with_units(std::string_view text, const Unit 
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
     std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
     std::optional<std::uint64_t> factor;
-    if (ec == std::errc() && unit.empty()) factor = bare;
+    if (ec == std::errc() && unit.empty() && bare) factor = bare;
     for (auto& u : units)
         if (ec == std::errc() && unit == u.name) factor = u.factor;
     if (!factor) {
@@ -521,6 +521,7 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
     r.mapping(root, "the configuration", kTopKeys);
     if (auto v = root["loglevel"]) read_loglevel(r, v, c);
     if (auto v = root["routing_keys"]) read_routing_keys(r, v, c);
+    else r.error(root, "missing 'routing_keys' (use [all] to route every key)");
     if (auto v = root["runtime_dir"]) {
         if (auto p = r.nonempty(v, "runtime_dir")) c.runtime_dir = r.path(*p);
     }
@@ -550,10 +551,9 @@ void read_legacy_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (auto v = node["cfg_file_path"]) read_cfg_file(r, v, c);
     if (auto v = node["inventory_path"]) read_inventory(r, v, "inventory_path", c);
     if (auto v = node["modules_dir"]) {
-        if (auto p = r.nonempty(v, "modules_dir")) {
-            c.ansible.playbook_cmd.push_back("-M");
-            c.ansible.playbook_cmd.push_back(r.path(*p));
-        }
+        // The original passed -M; ANSIBLE_LIBRARY means the same and suits any playbook_cmd.
+        if (auto p = r.nonempty(v, "modules_dir"))
+            c.ansible.environment.emplace_back("ANSIBLE_LIBRARY", r.path(*p));
     }
 }
 
@@ -648,7 +648,7 @@ std::optional<usec> parse_duration(std::string_view text, std::string* error) {
 }
 
 std::optional<std::uint64_t> parse_size(std::string_view text, std::string* error) {
-    return parse_with_units(text, kSizeUnits, 1, error, "size");
+    return parse_with_units(text, kSizeUnits, 0, error, "size");
 }
 
 std::optional<LogLevel> parse_log_level(std::string_view text) {
