@@ -40,7 +40,7 @@ void describe(sd_event_source* s, const std::string& looper, const char* what) {
 
 std::string exit_description(const siginfo_t& si) {
     if (si.si_code == CLD_EXITED) return "exited with status " + std::to_string(si.si_status);
-    return std::string("was killed by signal ") + sigabbrev_np(si.si_status);
+    return std::string("was killed by SIG") + sigabbrev_np(si.si_status);
 }
 
 } // namespace
@@ -383,7 +383,7 @@ void Looper::timer_fired() {
     }
     if (state_ != LooperState::stopping || exited_) return;
     int sig = stop_phase_ == 0 ? SIGTERM : SIGKILL;
-    spdlog::warn("looper {} (pid {}) has not exited; sending {}", name(), pid_, sigabbrev_np(sig));
+    spdlog::warn("looper {} (pid {}) has not exited; sending SIG{}", name(), pid_, sigabbrev_np(sig));
     kill(-pid_, sig);
     if (++stop_phase_ < 2) arm_timer(kStopStep);
 }
