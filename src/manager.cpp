@@ -219,6 +219,10 @@ void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
 }
 
 void Manager::reload() {
+    if (stopping_) {
+        spdlog::warn("not reloading: the supervisor is stopping");
+        return;
+    }
     spdlog::info("reloading {}", options_.config_path);
     if (notify_) sd_notify(0, "RELOADING=1");
     LoadOptions lo{options_.looper_dir, true};
