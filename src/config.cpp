@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <cstring>
@@ -237,18 +238,27 @@ public:
         return scalar_to_json(node);
     }
 
+    // YAML 1.2 core schema, less what JSON cannot hold (.inf, .nan stay strings).
     json scalar_to_json(const YAML::Node& node) {
         const std::string& s = node.Scalar();
         if (node.Tag() != "?") return s; // quoted or explicitly tagged: a string
-        if (s.empty() || s == "~" || s == "null") return nullptr;
-        if (s == "true") return true;
-        if (s == "false") return false;
+        if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
+        if (s == "true" || s == "True" || s == "TRUE") return true;
+        if (s == "false" || s == "False" || s == "FALSE") return false;
+        static const std::regex integer("[-+]?[0-9]+");
+        static const std::regex real("[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
+        auto digits = s.front() == '+' ? s.substr(1) : s;
         std::int64_t i = 0;
-        auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), i);
-        if (ec == std::errc() && end == s.data() + s.size()) return i;
+        if (std::regex_match(s, integer)) {
+            auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), i);
+            if (ec == std::errc() && end == digits.data() + digits.size()) return i;
+            return s; // past 64 bits: JSON would lose it
+        }
         double d = 0;
-        auto [fend, fec] = std::from_chars(s.data(), s.data() + s.size(), d);
-        if (fec == std::errc() && fend == s.data() + s.size()) return d;
+        if (std::regex_match(s, real)) {
+            auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), d);
+            if (ec == std::errc() && end == digits.data() + digits.size()) return d;
+        }
         return s;
     }
 
@@ -482,7 +492,20 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
 }
 
 const std::vector<std::string_view> kExecutorKeys = {
-    "type", "max_parallel", "queue_size", "timeout", "kill_grace", "stop_timeout"};
+    "type", "max_parallel", "queue_size", "timeout", "kill_grace", "stop_timeout",
+    "seccomp", "allow_root", "limit_nofile"};
+
+void read_seccomp(Reader& r, const YAML::Node& node, ExecutorConfig& e) {
+    auto s = r.nonempty(node, "seccomp");
+    if (!s) return;
+    e.seccomp = *s;
+    if (*s == "off") e.seccomp_policy.reset();
+    else if (*s == "default") e.seccomp_policy = default_seccomp_policy();
+    else {
+        e.seccomp = r.path(*s);
+        if (auto p = load_seccomp_profile(e.seccomp, r.errors)) e.seccomp_policy = std::move(*p);
+    }
+}
 
 void read_executor(Reader& r, const YAML::Node& node, Config& c) {
     if (!r.mapping(node, "'executor'", kExecutorKeys)) return;
@@ -496,6 +519,10 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
         e.max_parallel = static_cast<unsigned>(r.integer(v, "max_parallel", 1, 1024).value_or(e.max_parallel));
     if (auto v = node["queue_size"])
         e.queue_size = r.integer(v, "queue_size", 1, 1000000).value_or(e.queue_size);
+    if (auto v = node["seccomp"]) read_seccomp(r, v, e);
+    if (auto v = node["allow_root"]) e.allow_root = r.boolean(v, "allow_root").value_or(false);
+    if (auto v = node["limit_nofile"])
+        e.limit_nofile = r.integer(v, "limit_nofile", 64, 1048576).value_or(e.limit_nofile);
     for (auto [key, field] : {std::pair{"timeout", &e.timeout}, std::pair{"kill_grace", &e.kill_grace},
                               std::pair{"stop_timeout", &e.stop_timeout}}) {
         if (auto v = node[key]) {
@@ -579,7 +606,8 @@ void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "legacy-readme";
     r.mapping(root, "the configuration", kReadmeKeys);
     if (auto v = root["loglevel"]) read_loglevel(r, v, c);
-    if (auto name = r.nonempty(root["plugin"], "plugin"))
+    if (!root["plugin"]) r.error(root, "missing 'plugin' (the looper to run)");
+    else if (auto name = r.nonempty(root["plugin"], "plugin"))
         add_legacy_looper(r, root["plugin"], *name, json::object(), c);
     if (auto v = root["path_translator"]) read_layout(r, v, "path_translator", c);
     if (auto v = root["routing_keys"]) read_routing_keys(r, v, c);
@@ -644,6 +672,10 @@ std::string ConfigError::str() const {
 std::optional<usec> parse_duration(std::string_view text, std::string* error) {
     auto n = parse_with_units(text, kDurationUnits, 1000000, error, "duration");
     if (!n) return std::nullopt;
+    if (*n > static_cast<std::uint64_t>(INT64_MAX)) {
+        if (error) *error = "duration '" + std::string(text) + "' is too large";
+        return std::nullopt;
+    }
     return usec(static_cast<usec::rep>(*n));
 }
 

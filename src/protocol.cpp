@@ -151,8 +151,20 @@ std::span<char> LineReader::prepare(std::size_t want) {
 
 void LineReader::commit(std::size_t n) { filled_ += n; }
 
+std::size_t LineReader::partial_bytes() const noexcept {
+    if (discarding_) return 0;
+    std::string_view held(buf_.data() + start_, filled_ - start_);
+    auto nl = held.rfind('\n');
+    return nl == std::string_view::npos ? held.size() : held.size() - nl - 1;
+}
+
 bool LineReader::has_line() const noexcept {
-    return std::memchr(buf_.data() + start_, '\n', filled_ - start_) != nullptr;
+    const char* from = buf_.data() + start_;
+    const char* end = buf_.data() + filled_;
+    auto nl = static_cast<const char*>(std::memchr(from, '\n', static_cast<std::size_t>(end - from)));
+    // While discarding, the first newline only ends the overlong line; a line needs another.
+    if (nl && discarding_) nl = static_cast<const char*>(std::memchr(nl + 1, '\n', static_cast<std::size_t>(end - nl - 1)));
+    return nl != nullptr;
 }
 
 void LineReader::compact() {

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "loopabull/varsfile.hpp"
 
-#include <algorithm>
 #include <cstdio>
 
 namespace loopabull {
@@ -57,12 +56,15 @@ void float_scalar(std::string& out, const json& v) {
 
 void value(std::string& out, const json& v, bool trusted);
 
+// Keys are explicit ("? key"): YAML loaders refuse simple keys longer than 1024 characters, and
+// an event may carry longer ones.
 void mapping(std::string& out, const json& obj, bool trusted) {
     out += '{';
     bool first = true;
     for (auto& [k, item] : obj.items()) {
         if (!first) out += ", ";
         first = false;
+        out += "? ";
         string_scalar(out, k, trusted);
         out += ": ";
         value(out, item, trusted);
@@ -91,18 +93,19 @@ void value(std::string& out, const json& v, bool trusted) {
     }
 }
 
-bool is_own(const VarsOptions& o, const std::string& key) {
-    return std::any_of(o.own.begin(), o.own.end(), [&](auto& kv) { return kv.first == key; });
-}
+// The loopabull_ prefix is reserved: an event cannot pose as loopabull (a forged
+// loopabull_event_id in an event that has no id, say).
+bool reserved(const std::string& key) { return key.starts_with("loopabull_"); }
 
 } // namespace
 
 std::string render_vars(const json& body, const VarsOptions& options) {
     std::string out = "# Extra variables of one loopabull job, deleted when the job ends.\n";
     for (auto& [k, v] : body.items()) {
-        if (is_own(options, k)) continue;
+        if (reserved(k)) continue;
+        out += "? ";
         string_scalar(out, k, options.trusted);
-        out += ": ";
+        out += "\n: ";
         value(out, v, options.trusted);
         out += '\n';
     }

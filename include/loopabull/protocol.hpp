@@ -60,7 +60,9 @@ public:
     std::optional<Line> next();
 
     // Bytes of an unfinished line held (a partial last line at EOF is never dispatched).
-    std::size_t pending() const noexcept { return discarding_ ? 0 : buf_.size() - start_; }
+    std::size_t pending() const noexcept { return discarding_ ? 0 : filled_ - start_; }
+    // Bytes after the last buffered newline: the unfinished line, whatever else is buffered.
+    std::size_t partial_bytes() const noexcept;
     // Whether a newline is buffered, i.e. next() has something to return.
     bool has_line() const noexcept;
     std::size_t max_line() const noexcept { return max_line_; }

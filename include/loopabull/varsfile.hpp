@@ -14,7 +14,8 @@ struct VarsOptions {
     // false (the default): every string from the event is tagged !unsafe, so Ansible never
     // templates event data ({{ lookup('pipe', ...) }} in a message stays text).
     bool trusted = false;
-    // Variables loopabull sets itself; they win over body keys of the same name.
+    // Variables loopabull sets itself. Top-level body keys starting with "loopabull_" are
+    // reserved for these and dropped.
     std::vector<std::pair<std::string, std::string>> own;
 };
 
