@@ -74,10 +74,10 @@ DirectExecutor::~DirectExecutor() {
 
 std::optional<std::string> DirectExecutor::start(const JobSpec& spec) {
     auto out = make_pipe(true, false);
-    SpawnSpec s{spec.argv, spec.env, -1, out.write.get(), out.write.get(), -1, true, SIGKILL};
+    SpawnSpec s{spec.argv, spec.env, -1, out.write.get(), out.write.get(), -1, true, SIGKILL, spec.sandbox};
     auto child = spawn(s);
     if (child.pid < 0)
-        return "cannot execute " + spec.argv[0] + ": " + std::strerror(child.error);
+        return std::string(child.stage) + " " + spec.argv[0] + " failed: " + std::strerror(child.error);
     auto run = std::make_unique<Run>();
     run->owner = this;
     run->id = spec.id;

@@ -93,6 +93,8 @@ UniqueFd Looper::config_memfd() const {
     std::string text = config_.config.dump();
     if (write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
         throw std::system_error(errno, std::generic_category(), "writing looper config");
+    // At the start, so that a looper may read descriptor 3 itself as well as open it by name.
+    lseek(fd.get(), 0, SEEK_SET);
     // Sealed, so that the looper cannot change what a later restart will read.
     fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
     return fd;
@@ -119,8 +121,8 @@ void Looper::spawn() {
     log::Fields f{.looper = config_.name};
     log::Scope scope(f);
     if (child.pid < 0) {
-        spdlog::error("looper {}: cannot execute {}: {}", config_.name, config_.command[0],
-                      std::strerror(child.error));
+        spdlog::error("looper {}: {} {} failed: {}", config_.name, child.stage,
+                      config_.command[0], std::strerror(child.error));
         started_at_ = now_usec();
         schedule_restart();
         return;
@@ -201,9 +203,7 @@ void Looper::read_stdout() {
         spdlog::error("looper {}: reading its stdout: {}", name(), std::strerror(errno));
     }
     if (n <= 0) {
-        if (events_reader_.pending() > 0 && !events_reader_.has_line())
-            spdlog::warn("looper {}: discarding a partial last line ({} bytes) at end of output",
-                         name(), events_reader_.pending());
+        warn_partial_line();
         stdout_source_.reset();
         stdout_.reset();
         dispatch_lines();
@@ -212,6 +212,13 @@ void Looper::read_stdout() {
     }
     events_reader_.commit(static_cast<std::size_t>(n));
     dispatch_lines();
+}
+
+// A last line without its newline may be cut short: it is never dispatched.
+void Looper::warn_partial_line() {
+    auto bytes = events_reader_.partial_bytes();
+    if (bytes > 0)
+        spdlog::warn("looper {}: discarding a partial last line ({} bytes) at end of output", name(), bytes);
 }
 
 void Looper::dispatch_lines() {
@@ -315,6 +322,7 @@ void Looper::process_exited(const siginfo_t& si) {
             if (n <= 0) break;
             events_reader_.commit(static_cast<std::size_t>(n));
         }
+        warn_partial_line();
         stdout_source_.reset();
         stdout_.reset();
     }

@@ -20,6 +20,7 @@ using namespace loopabull;
 
 constexpr const char* kUsage = R"(Usage: loopabull [OPTIONS] CONFIG
        loopabull --check-config CONFIG
+       loopabull --print-seccomp-policy [CONFIG]
 
 Turns events from looper processes into ansible-playbook runs.
 
@@ -28,6 +29,9 @@ Options:
                            directory and is passed to loopers and playbooks
   -l, --log-level LEVEL    debug, info, warning or error (overrides the file)
   -c, --check-config       validate CONFIG, list every problem as FILE:LINE:COL, exit
+  -p, --print-seccomp-policy
+                           print the system calls playbooks may make (the default
+                           policy, or CONFIG's executor.seccomp when CONFIG is given)
   -h, --help               show this help
   -V, --version            show the version
 
@@ -37,6 +41,7 @@ See loopabull(8), loopabull.yml(5) and loopabull-looper(7).
 struct Args {
     ManagerOptions options;
     bool check = false;
+    bool print_seccomp = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -55,12 +60,13 @@ Args parse_args(int argc, char** argv) {
     static const option longopts[] = {{"instance", required_argument, nullptr, 'i'},
                                       {"log-level", required_argument, nullptr, 'l'},
                                       {"check-config", no_argument, nullptr, 'c'},
+                                      {"print-seccomp-policy", no_argument, nullptr, 'p'},
                                       {"help", no_argument, nullptr, 'h'},
                                       {"version", no_argument, nullptr, 'V'},
                                       {nullptr, 0, nullptr, 0}};
     Args a;
     int c;
-    while ((c = getopt_long(argc, argv, "i:l:chV", longopts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "i:l:cphV", longopts, nullptr)) != -1) {
         switch (c) {
         case 'i': a.options.instance = optarg; break;
         case 'l':
@@ -68,11 +74,13 @@ Args parse_args(int argc, char** argv) {
             if (!a.options.log_level) usage_error(std::string("invalid log level '") + optarg + "'");
             break;
         case 'c': a.check = true; break;
+        case 'p': a.print_seccomp = true; break;
         case 'h': std::fputs(kUsage, stdout); std::exit(0);
         case 'V': std::printf("loopabull %s\n", LOOPABULL_VERSION); std::exit(0);
         default: usage_error("invalid arguments");
         }
     }
+    if (a.print_seccomp && optind == argc) return a;
     if (optind != argc - 1) usage_error("exactly one CONFIG file is required");
     if (!valid_instance(a.options.instance))
         usage_error("invalid instance name '" + a.options.instance +
@@ -85,8 +93,32 @@ Args parse_args(int argc, char** argv) {
 
 } // namespace
 
+int print_seccomp_policy(const Args& args) {
+    std::optional<SeccompPolicy> policy = default_seccomp_policy();
+    std::string source = "the default policy";
+    if (!args.options.config_path.empty()) {
+        auto load = load_config(args.options.config_path, {args.options.looper_dir, true});
+        for (auto& e : load.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+        if (!load.config) return 1;
+        policy = load.config->executor.seccomp_policy;
+        source = "executor.seccomp: " + load.config->executor.seccomp;
+    }
+    if (!policy) {
+        std::printf("# seccomp is off (%s): no system call filter\n", source.c_str());
+        return 0;
+    }
+    std::printf("# %s; native architecture only\n"
+                "# allowed below; clone only without CLONE_NEW* flags; clone3 and system calls\n"
+                "# newer than libseccomp fail with ENOSYS; everything else fails with EPERM\n",
+                source.c_str());
+    for (auto& name : policy->allow)
+        if (known_syscall(name)) std::printf("%s\n", name.c_str());
+    return 0;
+}
+
 int main(int argc, char** argv) {
     auto args = parse_args(argc, argv);
+    if (args.print_seccomp) return print_seccomp_policy(args);
     auto load = load_config(args.options.config_path, {args.options.looper_dir, true});
     if (args.check) {
         for (auto& e : load.errors) std::fprintf(stderr, "%s\n", e.str().c_str());

@@ -11,13 +11,16 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <stdexcept>
 #include <system_error>
@@ -36,16 +39,19 @@ void check(int r, const std::string& what) {
     if (r < 0) fail(r, what);
 }
 
-// The playbook sees the supervisor's locale, home and path, nothing else it did not ask for.
+// The playbook sees the supervisor's locale, home and path, nothing else it did not ask for;
+// ansible.environment may override any of these.
 std::vector<std::string> playbook_environment(const AnsibleConfig& a) {
     static constexpr const char* keep[] = {"PATH", "HOME",    "LANG", "LC_ALL", "LC_CTYPE",
                                            "LANGUAGE", "USER", "LOGNAME", "TZ", "SSH_AUTH_SOCK"};
-    std::vector<std::string> env;
+    std::map<std::string, std::string> vars;
     for (auto name : keep)
-        if (const char* v = std::getenv(name)) env.push_back(std::string(name) + "=" + v);
-    if (!std::getenv("PATH")) env.push_back("PATH=/usr/local/bin:/usr/bin:/bin");
-    if (a.cfg_file_path) env.push_back("ANSIBLE_CONFIG=" + *a.cfg_file_path);
-    for (auto& [k, v] : a.environment) env.push_back(k + "=" + v);
+        if (const char* v = std::getenv(name)) vars[name] = v;
+    vars.try_emplace("PATH", "/usr/local/bin:/usr/bin:/bin");
+    if (a.cfg_file_path) vars["ANSIBLE_CONFIG"] = *a.cfg_file_path;
+    for (auto& [k, v] : a.environment) vars[k] = v;
+    std::vector<std::string> env;
+    for (auto& [k, v] : vars) env.push_back(k + "=" + v);
     return env;
 }
 
@@ -171,11 +177,41 @@ int Manager::run() {
     return r;
 }
 
+namespace {
+
+// Playbooks run as the supervisor's user: that must be a dedicated one, never root by accident.
+void check_user(const ExecutorConfig& e) {
+    if (geteuid() != 0) return;
+    if (!e.allow_root)
+        throw std::runtime_error("refusing to run playbooks as root (uid 0): run loopabull as a "
+                                 "dedicated user, or set executor.allow_root: true");
+    spdlog::warn("RUNNING PLAYBOOKS AS ROOT (executor.allow_root is true): every event can act "
+                 "with full privileges on this machine");
+}
+
+Sandbox make_sandbox(const ExecutorConfig& e) {
+    Sandbox sb;
+    // A job cannot get more descriptors than the supervisor may: capped at its hard limit.
+    rlimit rl{};
+    getrlimit(RLIMIT_NOFILE, &rl);
+    sb.limit_nofile = std::min<std::uint64_t>(e.limit_nofile, rl.rlim_max);
+    if (e.seccomp_policy) sb.seccomp = compile_seccomp(*e.seccomp_policy);
+    else spdlog::warn("seccomp is off: playbooks run without a system call filter");
+    return sb;
+}
+
+} // namespace
+
 void Manager::apply(Config config) {
+    // Everything that can fail comes first, so that a failed reload changes nothing.
+    check_user(config.executor);
+    auto sandbox = make_sandbox(config.executor);
+    auto dirfd = open_playbooks_dir(config.ansible.playbooks_dir);
     log::set_level(options_.log_level.value_or(config.loglevel));
-    playbooks_dirfd_ = open_playbooks_dir(config.ansible.playbooks_dir);
+    playbooks_dirfd_ = std::move(dirfd);
     filter_ = RoutingFilter(config.routing_keys);
     job_env_ = playbook_environment(config.ansible);
+    sandbox_ = std::move(sandbox);
     scheduler_.set_limits(config.executor.max_parallel, config.executor.queue_size);
     auto wanted = config.loopers;
     config_ = std::move(config);
@@ -224,7 +260,13 @@ void Manager::reload() {
         return;
     }
     spdlog::info("reloading {}", options_.config_path);
-    if (notify_) sd_notify(0, "RELOADING=1");
+    if (notify_) {
+        timespec ts{};
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        auto usec = static_cast<unsigned long long>(ts.tv_sec) * 1000000ULL + ts.tv_nsec / 1000;
+        // MONOTONIC_USEC lets Type=notify-reload units match this reload to its request.
+        sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", usec);
+    }
     LoadOptions lo{options_.looper_dir, true};
     auto load = load_config(options_.config_path, lo);
     if (!load.config) {
@@ -423,6 +465,7 @@ JobSpec Manager::job_spec(const Job& job) const {
     spec.env = job_env_;
     spec.timeout = config_.executor.timeout;
     spec.kill_grace = config_.executor.kill_grace;
+    spec.sandbox = &sandbox_;
     return spec;
 }
 
@@ -450,7 +493,7 @@ void Manager::complete(JobId id, const Outcome& outcome) {
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
-    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code);
+    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code, outcome.error);
     if (job.admitted) scheduler_.finished();
     status_changed();
 }

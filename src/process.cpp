@@ -3,7 +3,10 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +33,37 @@ bool place(int src, int target) {
     return dup2(src, target) == target;
 }
 
+// What the child was doing when it failed, reported to the parent with errno.
+enum Stage : int { kSetup, kLimits, kNoNewPrivs, kSeccomp, kExec };
+
+struct ChildError {
+    int stage;
+    int error;
+};
+
+// rlimits, then no_new_privs, then the filter: the documented order, so that nothing after the
+// filter needs a system call it forbids (execve is allowed).
+Stage apply_sandbox(const Sandbox& sb) {
+    rlimit core{0, 0};
+    rlimit nofile{sb.limit_nofile, sb.limit_nofile};
+    if (setrlimit(RLIMIT_CORE, &core) < 0 || setrlimit(RLIMIT_NOFILE, &nofile) < 0) return kLimits;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return kNoNewPrivs;
+    if (!sb.seccomp) return kExec;
+    auto prog = sb.seccomp->fprog();
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return kSeccomp;
+    return kExec;
+}
+
+const char* stage_name(int stage) {
+    switch (stage) {
+    case kLimits: return "setting resource limits";
+    case kNoNewPrivs: return "setting no_new_privs";
+    case kSeccomp: return "loading the seccomp filter";
+    case kExec: return "executing";
+    default: return "setting up the process";
+    }
+}
+
 [[noreturn]] void child(const SpawnSpec& spec, char* const* argv, char* const* envp, int devnull,
                         int err_fd, pid_t parent) {
     if (spec.death_signal) {
@@ -43,15 +77,17 @@ bool place(int src, int target) {
     sigprocmask(SIG_SETMASK, &all, nullptr);
     for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
     int fds[] = {spec.stdin_fd, spec.stdout_fd, spec.stderr_fd};
+    Stage stage = kSetup;
     for (int i = 0; i < 3; ++i)
         if (!place(fds[i] >= 0 ? fds[i] : devnull, i)) goto fail;
     if (spec.fd3 >= 0 && !place(spec.fd3, 3)) goto fail;
     // Close-on-exec covers our own descriptors; this also drops any the supervisor inherited.
     close_range(spec.fd3 >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC);
-    execve(argv[0], argv, envp);
+    stage = spec.sandbox ? apply_sandbox(*spec.sandbox) : kExec;
+    if (stage == kExec) execve(argv[0], argv, envp);
 fail:
-    int e = errno;
-    (void)!write(err_fd, &e, sizeof e);
+    ChildError report{stage, errno};
+    (void)!write(err_fd, &report, sizeof report);
     _exit(127);
 }
 
@@ -79,22 +115,22 @@ Spawned spawn(const SpawnSpec& spec) {
     auto envp = pointers(spec.env);
     UniqueFd devnull(open("/dev/null", O_RDWR | O_CLOEXEC));
     int err_pipe[2];
-    if (!devnull || pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno};
+    if (!devnull || pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes"};
     UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid < 0) return {-1, errno};
+    if (pid < 0) return {-1, errno, "forking"};
     if (pid == 0) child(spec, argv.data(), envp.data(), devnull.get(), err_write.get(), parent);
     err_write.reset();
-    // Blocks only until execve: the pipe closes on exec, or carries the child's errno.
-    int child_errno = 0;
+    // Blocks only until execve: the pipe closes on exec, or carries the child's failure.
+    ChildError report{};
     ssize_t n;
-    do n = read(err_read.get(), &child_errno, sizeof child_errno);
+    do n = read(err_read.get(), &report, sizeof report);
     while (n < 0 && errno == EINTR);
-    if (n != sizeof child_errno) return {pid, 0};
+    if (n != sizeof report) return {pid, 0, {}};
     // The child is gone already; reap it here so that callers only ever track live children.
     while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {}
-    return {-1, child_errno};
+    return {-1, report.error, stage_name(report.stage)};
 }
 
 std::vector<std::string> inherited_environment() {

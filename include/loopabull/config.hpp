@@ -4,6 +4,7 @@
 #pragma once
 
 #include "loopabull/routing.hpp"
+#include "loopabull/sandbox.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -50,6 +51,11 @@ struct ExecutorConfig {
     usec timeout = std::chrono::minutes(30);
     usec kill_grace = std::chrono::seconds(10);
     usec stop_timeout = std::chrono::minutes(5);
+    // Sandbox of every playbook run (both executors).
+    std::string seccomp = "default";            // off | default | PATH of a profile
+    std::optional<SeccompPolicy> seccomp_policy = default_seccomp_policy(); // nullopt: off
+    bool allow_root = false;
+    std::uint64_t limit_nofile = 4096;
 };
 
 struct Config {

@@ -4,6 +4,7 @@
 
 #include "loopabull/config.hpp"
 #include "loopabull/protocol.hpp"
+#include "loopabull/sandbox.hpp"
 #include "loopabull/scheduler.hpp"
 #include "loopabull/sd-ptr.hpp"
 
@@ -22,6 +23,7 @@ struct JobSpec {
     std::vector<std::string> env;
     usec timeout{};
     usec kill_grace{};
+    const Sandbox* sandbox = nullptr;
 };
 
 struct Outcome {

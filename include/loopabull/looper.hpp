@@ -70,6 +70,7 @@ private:
     std::vector<std::string> environment() const;
     void read_stdout();
     void dispatch_lines();
+    void warn_partial_line();
     void read_stderr();
     void flush_answers();
     void process_exited(const siginfo_t& si);

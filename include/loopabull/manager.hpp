@@ -99,6 +99,7 @@ private:
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;
     std::vector<std::string> job_env_;
+    Sandbox sandbox_;
     std::string runtime_dir_, vars_dir_;
     JobId next_job_ = 1;
     Counters counters_;

@@ -2,6 +2,7 @@
 // Starting child processes (loopers and playbooks) without a shell.
 #pragma once
 
+#include "loopabull/sandbox.hpp"
 #include "loopabull/unique-fd.hpp"
 
 #include <sys/types.h>
@@ -20,11 +21,13 @@ struct SpawnSpec {
     int fd3 = -1;                 // handed to the child as descriptor 3 when set
     bool new_session = false;     // setsid (playbooks) rather than a process group of its own
     int death_signal = 0;         // sent to the child when the supervisor dies
+    const Sandbox* sandbox = nullptr; // applied last, just before execve
 };
 
 struct Spawned {
     pid_t pid = -1;
-    int error = 0; // errno of a failed fork or execve
+    int error = 0;           // errno of the step that failed
+    const char* stage = {}; // which step: "executing", "loading the seccomp filter", ...
 };
 
 // fork + execve; the child does nothing but async-signal-safe calls on data prepared here.

@@ -2,9 +2,11 @@
 """Fixtures that run the real loopabull binary with real looper processes."""
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
+import tempfile
 import subprocess
 import time
 from pathlib import Path
@@ -50,7 +52,8 @@ def event(key, body=None, id=None):
 class Supervisor:
     """One loopabull process with a config written from a dict."""
 
-    def __init__(self, tmp: Path, config: dict, instance="test", env=None, preexec=None):
+    def __init__(self, tmp: Path, config: dict, instance="test", env=None, preexec=None,
+                 user=None):
         self.tmp = tmp
         self.config_path = tmp / "loopabull.yml"
         self.log_path = tmp / "loopabull.log"
@@ -61,6 +64,15 @@ class Supervisor:
         e.pop("NOTIFY_SOCKET", None)
         e.pop("JOURNAL_STREAM", None)
         e.update(env or {})
+        if user is not None:
+            # Run as a dedicated, unprivileged user, as in production.
+            pw = pwd.getpwnam(user)
+            e.update(HOME=str(tmp), USER=user, LOGNAME=user)
+
+            def preexec():
+                os.setgroups([])
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(BIN), "--instance", instance, str(self.config_path)],
@@ -114,6 +126,27 @@ def workdir(tmp_path):
 
 
 @pytest.fixture
+def user_workdir():
+    """A work directory for a supervisor that runs as an unprivileged user ("nobody" when the
+    tests run as root, the current user otherwise): for configs with no executor section,
+    which cannot set allow_root."""
+    d = Path(tempfile.mkdtemp(prefix="loopabull-test-"))
+    d.chmod(0o755)
+    shutil.copytree(HERE / "playbooks", d / "playbooks")
+    (d / "out").mkdir()
+    user = None
+    if os.geteuid() == 0:
+        user = "nobody"
+        pw = pwd.getpwnam(user)
+        for root, dirs, files in os.walk(d):
+            for name in [root] + [os.path.join(root, f) for f in dirs + files]:
+                os.lchown(name, pw.pw_uid, pw.pw_gid)
+    yield d, user
+    if not os.environ.get("LOOPABULL_KEEP_TMP"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def supervisor(workdir):
     started = []
 
@@ -138,7 +171,8 @@ def base_config(workdir, loopers, **over):
         "runtime_dir": str(workdir / "run"),
         "loopers": loopers,
         "ansible": {"playbooks_dir": str(workdir / "playbooks")},
-        "executor": {"max_parallel": 2, "timeout": "2min"},
+        # CI runs as root; a supervisor refuses to run playbooks as root unless told to.
+        "executor": {"max_parallel": 2, "timeout": "2min", "allow_root": True},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

@@ -34,6 +34,7 @@ def test_example_looper_drives_a_playbook(tmp_path, name):
     looper["config"]["input"] = str(fifo)
     cfg["loopers"] = [looper]
     cfg["runtime_dir"] = str(tmp_path / "run")
+    cfg.setdefault("executor", {})["allow_root"] = True  # CI runs as root
     sup = Supervisor(cfg_path.parent, cfg)
     try:
         fd = os.open(fifo, os.O_WRONLY)

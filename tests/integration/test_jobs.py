@@ -2,8 +2,9 @@
 """Events become real ansible-playbook runs, with the right variables and answers."""
 import json
 import os
+import pwd
 
-from conftest import (SCRIPTED, base_config, event, needs_ansible, read_answers, scripted,
+from conftest import (SCRIPTED, Supervisor, base_config, event, needs_ansible, read_answers, scripted,
                       wait_until)
 
 pytestmark = needs_ansible
@@ -112,6 +113,23 @@ def test_vars_files_are_removed(workdir, supervisor):
     assert sup.stop() == 0
 
 
+def own(path, user):
+    """Hands a file the test wrote to the user the supervisor runs as."""
+    if user:
+        pw = pwd.getpwnam(user)
+        os.lchown(path, pw.pw_uid, pw.pw_gid)
+
+
+def ansible_cfg(workdir, user):
+    """The unprivileged user's home may not exist ("nobody"): Ansible's temporary files go
+    into the work directory, set through cfg_file_path as a deployment would."""
+    cfg = workdir / "ansible.cfg"
+    cfg.write_text(f"[defaults]\nremote_tmp = {workdir}/.ansible/tmp\nlocal_tmp = {workdir}/.ansible/local\n"
+                   "retry_files_enabled = false\n")
+    own(cfg, user)
+    return str(cfg)
+
+
 def bundled_wrapper(workdir, name, looper_config):
     """A looper installed under a bundled name, with its options baked in (the README dialect
     gives a looper no options of its own)."""
@@ -125,7 +143,8 @@ def bundled_wrapper(workdir, name, looper_config):
     return looper_dir
 
 
-def test_legacy_readme_dialect(workdir, supervisor):
+def test_legacy_readme_dialect(user_workdir):
+    workdir, user = user_workdir
     out = str(workdir / "out")
     answers = workdir / "answers"
     lines = [event("test.dir.layout", {"out_dir": out}, id="l"),
@@ -133,15 +152,22 @@ def test_legacy_readme_dialect(workdir, supervisor):
     looper_dir = bundled_wrapper(workdir, "legacy", {"lines": lines, "answers": str(answers)})
     cfg = {"plugin": "legacy", "path_translator": "rkdirectory", "routing_keys": ["test.dir.layout"],
            "ansible": {"playbooks_dir": str(workdir / "playbooks"), "playbook_cmd": "ansible-playbook",
-                       "inventory_path": "localhost,"}}
-    sup = supervisor(cfg, env={"LOOPABULL_LOOPER_DIR": str(looper_dir)})
-    wait_until(lambda: len(read_answers(answers)) == 2, 120, what="two answers")
-    by_id = {a["id"]: a["result"] for a in read_answers(answers)}
-    assert by_id == {"l": "succeeded", "r": "unrouted"}
-    assert sup.stop() == 0
+                       "inventory_path": "localhost,", "cfg_file_path": ansible_cfg(workdir, user)}}
+    for f in (looper_dir, looper_dir / "legacy", workdir / "legacy.json"):
+        own(f, user)
+    sup = Supervisor(workdir, cfg, env={"LOOPABULL_LOOPER_DIR": str(looper_dir)}, user=user)
+    try:
+        wait_until(lambda: len(read_answers(answers)) == 2, 120, what="two answers")
+        by_id = {a["id"]: a["result"] for a in read_answers(answers)}
+        assert by_id == {"l": "succeeded", "r": "unrouted"}
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
 
 
-def test_legacy_007_dialect(workdir, supervisor):
+def test_legacy_007_dialect(user_workdir):
+    workdir, user = user_workdir
     out = str(workdir / "out")
     answers = workdir / "answers"
     looper_dir = workdir / "loopers"
@@ -149,11 +175,17 @@ def test_legacy_007_dialect(workdir, supervisor):
     (looper_dir / "scripted").symlink_to(SCRIPTED)
     cfg = {"loglevel": "info", "routing_keys": ["test.dir.layout"],
            "ansible": {"playbooks_dir": str(workdir / "playbooks"),
-                       "playbook_cmd": "/usr/bin/ansible-playbook"},
+                       "playbook_cmd": "/usr/bin/ansible-playbook",
+                       "cfg_file_path": ansible_cfg(workdir, user)},
            "plugins": {"looper": {"name": "scripted", "answers": str(answers),
                                   "lines": [event("test.dir.layout", {"out_dir": out}, id="l")]},
                        "translator": {"name": "rkdirectory"}}}
-    sup = supervisor(cfg, env={"LOOPABULL_LOOPER_DIR": str(looper_dir)})
-    wait_until(lambda: read_answers(answers), 120, what="the answer")
-    assert read_answers(answers) == [{"id": "l", "result": "succeeded", "exit_code": 0}]
-    assert sup.stop() == 0
+    own(looper_dir, user)
+    sup = Supervisor(workdir, cfg, env={"LOOPABULL_LOOPER_DIR": str(looper_dir)}, user=user)
+    try:
+        wait_until(lambda: read_answers(answers), 120, what="the answer")
+        assert read_answers(answers) == [{"id": "l", "result": "succeeded", "exit_code": 0}]
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
