@@ -492,7 +492,8 @@ class Machine:
             text = self._log_path.read_text(errors="replace")
         except (OSError, AttributeError):
             return "(no console output)"
-        return "--- console (last lines)\n" + "\n".join(text.splitlines()[-lines:])
+        text = [line for line in text.splitlines() if line.strip()]
+        return "--- console (last lines)\n" + "\n".join(text[-lines:])
 
     # ---- files ---------------------------------------------------------------------------------
 
@@ -546,7 +547,10 @@ class Machine:
         if user is not None and user != "root":
             # runuser (PAM without pam_systemd) sets HOME, SHELL, USER, LOGNAME for the user.
             inner += ["runuser", "-u", str(user), "--"]
-        return ["nsenter", "-t", str(self.pid1), "-a", "--", *inner, *map(str, cmd)]
+        # -r: the root of the target. setns() into the mount namespace alone gives the namespace's
+        # root, which is the container's only when nspawn's MS_MOVE onto / landed there: not when
+        # the caller is chrooted (CI runs in a chroot), where systemctl then says "offline".
+        return ["nsenter", "-t", str(self.pid1), "-a", "-r", "-w", "--", *inner, *map(str, cmd)]
 
     def run(self, cmd, check=True, user=None, timeout=60, input=None, env=None, cwd=None):
         """Run cmd (a list, or a str for sh -c) inside the machine, in all its namespaces, with a
