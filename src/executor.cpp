@@ -163,6 +163,8 @@ int DirectExecutor::on_kill(sd_event_source*, uint64_t, void* userdata) noexcept
     return 0;
 }
 
+std::string DirectExecutor::unit(JobId) const { return {}; }
+
 bool DirectExecutor::cancel(JobId id) {
     auto it = runs_.find(id);
     if (it == runs_.end() || it->second->cancelled || it->second->timed_out) return false;

@@ -7,6 +7,7 @@
 #include "build-config.h"
 
 #include <getopt.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -28,6 +29,9 @@ Options:
   -i, --instance NAME      instance name (default: "default"); names the runtime
                            directory and is passed to loopers and playbooks
   -l, --log-level LEVEL    debug, info, warning or error (overrides the file)
+  -b, --bus BUS            offer the D-Bus API on the system or user bus, or none
+                           (default: system when started by the system manager, user
+                           when started by a user manager, none otherwise)
   -c, --check-config       validate CONFIG, list every problem as FILE:LINE:COL, exit
   -p, --print-seccomp-policy
                            print the system calls playbooks may make (the default
@@ -38,16 +42,32 @@ Options:
 See loopabull(8), loopabull.yml(5) and loopabull-looper(7).
 )";
 
-struct Args {
-    ManagerOptions options;
-    bool check = false;
-    bool print_seccomp = false;
-};
-
 [[noreturn]] void usage_error(const std::string& msg) {
     std::fprintf(stderr, "loopabull: %s\nTry 'loopabull --help'.\n", msg.c_str());
     std::exit(2);
 }
+
+struct Args {
+    ManagerOptions options;
+    bool check = false;
+    bool print_seccomp = false;
+    std::string bus = "auto";
+};
+
+// Started by systemd (INVOCATION_ID): by the system manager when our parent is PID 1.
+BusKind default_bus() {
+    if (!std::getenv("INVOCATION_ID")) return BusKind::none;
+    return getppid() == 1 ? BusKind::system : BusKind::user;
+}
+
+BusKind parse_bus(const std::string& s) {
+    if (s == "auto") return default_bus();
+    if (s == "system") return BusKind::system;
+    if (s == "user") return BusKind::user;
+    if (s == "none") return BusKind::none;
+    usage_error("invalid --bus '" + s + "': system, user or none");
+}
+
 
 bool valid_instance(const std::string& s) {
     return !s.empty() && s.size() <= 64 && s[0] != '.' && s[0] != '-' &&
@@ -59,6 +79,7 @@ bool valid_instance(const std::string& s) {
 Args parse_args(int argc, char** argv) {
     static const option longopts[] = {{"instance", required_argument, nullptr, 'i'},
                                       {"log-level", required_argument, nullptr, 'l'},
+                                      {"bus", required_argument, nullptr, 'b'},
                                       {"check-config", no_argument, nullptr, 'c'},
                                       {"print-seccomp-policy", no_argument, nullptr, 'p'},
                                       {"help", no_argument, nullptr, 'h'},
@@ -66,13 +87,14 @@ Args parse_args(int argc, char** argv) {
                                       {nullptr, 0, nullptr, 0}};
     Args a;
     int c;
-    while ((c = getopt_long(argc, argv, "i:l:cphV", longopts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "i:l:b:cphV", longopts, nullptr)) != -1) {
         switch (c) {
         case 'i': a.options.instance = optarg; break;
         case 'l':
             a.options.log_level = parse_log_level(optarg);
             if (!a.options.log_level) usage_error(std::string("invalid log level '") + optarg + "'");
             break;
+        case 'b': a.bus = optarg; break;
         case 'c': a.check = true; break;
         case 'p': a.print_seccomp = true; break;
         case 'h': std::fputs(kUsage, stdout); std::exit(0);
@@ -86,6 +108,7 @@ Args parse_args(int argc, char** argv) {
         usage_error("invalid instance name '" + a.options.instance +
                     "': letters, digits, '_', '-' and '.' only");
     a.options.config_path = argv[optind];
+    a.options.bus = parse_bus(a.bus);
     const char* dir = std::getenv("LOOPABULL_LOOPER_DIR");
     a.options.looper_dir = dir ? dir : LOOPABULL_LOOPER_DIR;
     return a;

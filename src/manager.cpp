@@ -2,6 +2,7 @@
 #include "loopabull/manager.hpp"
 
 #include "loopabull/log.hpp"
+#include "loopabull/manager-bus.hpp"
 #include "loopabull/varsfile.hpp"
 
 #include "build-config.h"
@@ -16,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -101,6 +103,15 @@ UniqueFd open_playbooks_dir(const std::string& dir) {
     return fd;
 }
 
+std::uint64_t now_realtime_usec() {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+// GetJob answers for this many finished jobs.
+constexpr std::size_t kHistory = 1000;
+
 std::string result_message(const Outcome& o) {
     std::string s(to_string(o.result));
     if (o.exit_code && o.result != Result::succeeded) s += " (exit code " + std::to_string(*o.exit_code) + ")";
@@ -109,6 +120,16 @@ std::string result_message(const Outcome& o) {
 }
 
 } // namespace
+
+std::string_view to_string(ManagerState s) noexcept {
+    switch (s) {
+    case ManagerState::starting: return "starting";
+    case ManagerState::running: return "running";
+    case ManagerState::paused: return "paused";
+    case ManagerState::stopping: return "stopping";
+    }
+    return "running";
+}
 
 Manager::Manager(ManagerOptions options, Config config)
     : options_(std::move(options)), config_(std::move(config)) {}
@@ -166,11 +187,17 @@ int Manager::run() {
     notify_ = std::getenv("NOTIFY_SOCKET") != nullptr;
     setup_event_loop();
     setup_runtime_dir();
+    if (options_.bus != BusKind::none) {
+        bus_api_ = make_bus_api(*this, options_.bus);
+        observer_ = bus_api_.get();
+    }
     auto initial = std::move(config_);
     apply(std::move(initial));
     spdlog::info("loopabull {} instance {} running with {} looper(s), max_parallel {}",
                  LOOPABULL_VERSION, options_.instance, loopers_.size(),
                  config_.executor.max_parallel);
+    started_ = true;
+    status_changed();
     if (notify_) sd_notify(0, "READY=1\nSTATUS=Running");
     int r = sd_event_loop(event_.get());
     if (r < 0) fail(r, "event loop");
@@ -397,8 +424,10 @@ void Manager::route(Looper& looper, Event ev) {
     Job job{next_job_++, std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
             looper.name(), looper.generation(), std::move(pb.path), {}, false};
     spdlog::debug("job {} queued: {} -> {}", job.id, job.routing_key, job.playbook);
+    job.queued_usec = now_realtime_usec();
     JobId id = job.id;
-    jobs_.emplace(id, std::move(job));
+    auto& stored = jobs_.emplace(id, std::move(job)).first->second;
+    if (observer_) observer_->job_new(info(stored));
     scheduler_.enqueue(id);
     start_jobs();
     update_intake();
@@ -473,6 +502,7 @@ std::optional<std::string> Manager::launch(Job& job) {
     log::Fields f{.looper = job.looper, .job = std::to_string(job.id), .routing_key = job.routing_key};
     log::Scope scope(f);
     if (auto err = write_vars(job)) return err;
+    job.started_usec = now_realtime_usec();
     if (auto err = executor_->start(job_spec(job))) return err;
     spdlog::info("job {} started: {} (playbook {})", job.id, job.routing_key, job.playbook);
     return std::nullopt;
@@ -495,6 +525,84 @@ void Manager::complete(JobId id, const Outcome& outcome) {
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code, outcome.error);
     if (job.admitted) scheduler_.finished();
+    auto done = info(job);
+    done.state = "finished";
+    done.finished_usec = now_realtime_usec();
+    done.result = outcome.result;
+    done.exit_code = outcome.exit_code;
+    remember(done);
+    if (observer_) observer_->job_removed(done);
+    status_changed();
+}
+
+JobInfo Manager::info(const Job& job) const {
+    JobInfo i;
+    i.id = job.id;
+    i.routing_key = job.routing_key;
+    i.state = job.admitted ? "running" : "queued";
+    i.unit = executor_ ? executor_->unit(job.id) : std::string();
+    i.looper = job.looper;
+    i.queued_usec = job.queued_usec;
+    i.started_usec = job.started_usec;
+    return i;
+}
+
+void Manager::remember(JobInfo finished) {
+    history_.push_back(std::move(finished));
+    if (history_.size() > kHistory) history_.pop_front();
+}
+
+ManagerState Manager::state() const noexcept {
+    if (stopping_) return ManagerState::stopping;
+    if (!started_) return ManagerState::starting;
+    return paused_ ? ManagerState::paused : ManagerState::running;
+}
+
+std::vector<LooperInfo> Manager::loopers() const {
+    std::vector<LooperInfo> out;
+    for (auto& [name, l] : loopers_)
+        out.push_back({name, std::string(to_string(l->state())), l->pid(), l->restarts(), l->events()});
+    return out;
+}
+
+std::vector<JobInfo> Manager::jobs() const {
+    std::vector<JobInfo> out;
+    for (auto& [id, job] : jobs_) out.push_back(info(job));
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.id < b.id; });
+    return out;
+}
+
+std::optional<JobInfo> Manager::job(JobId id) const {
+    if (auto it = jobs_.find(id); it != jobs_.end()) return info(it->second);
+    for (auto it = history_.rbegin(); it != history_.rend(); ++it)
+        if (it->id == id) return *it;
+    return std::nullopt;
+}
+
+bool Manager::cancel_job(JobId id) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return false;
+    spdlog::info("job {} ({}): cancel requested", id, it->second.routing_key);
+    if (it->second.admitted) return executor_->cancel(id);
+    scheduler_.remove_queued(id);
+    complete(id, {Result::cancelled, std::nullopt, {}});
+    update_intake();
+    return true;
+}
+
+void Manager::pause() {
+    if (paused_ || stopping_) return;
+    paused_ = true;
+    spdlog::info("paused: no new events are taken; {} running job(s) go on", scheduler_.running());
+    update_intake();
+    status_changed();
+}
+
+void Manager::resume() {
+    if (!paused_) return;
+    paused_ = false;
+    spdlog::info("resumed: taking events again");
+    update_intake();
     status_changed();
 }
 
@@ -507,7 +615,7 @@ void Manager::job_finished(JobId id, const Outcome& outcome) {
 
 // Back-pressure: loopers are read only while the queue has room.
 void Manager::update_intake() {
-    bool open = !stopping_ && !scheduler_.full();
+    bool open = !stopping_ && !paused_ && !scheduler_.full();
     if (open == intake_open_) return;
     intake_open_ = open;
     if (!open && !stopping_) spdlog::debug("queue full ({} events): pausing loopers", scheduler_.queued());
@@ -515,6 +623,7 @@ void Manager::update_intake() {
 }
 
 void Manager::status_changed() {
+    if (observer_) observer_->properties_changed();
     if (!notify_ || status_dirty_) return;
     status_dirty_ = true;
     sd_event_source_set_time_relative(status_timer_.get(), kStatusInterval.count() * 1000000ULL);
@@ -529,7 +638,7 @@ int Manager::on_status_timer(sd_event_source*, uint64_t, void* userdata) noexcep
 void Manager::send_status() {
     status_dirty_ = false;
     auto status = fmt::format("STATUS={}: {} running, {} queued, {} succeeded, {} failed, {} rejected",
-                              stopping_ ? "Stopping" : "Running", scheduler_.running(),
+                              to_string(state()), scheduler_.running(),
                               scheduler_.queued(), counters_.jobs_succeeded, counters_.jobs_failed,
                               counters_.events_rejected);
     sd_notify(0, status.c_str());

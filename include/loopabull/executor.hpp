@@ -50,6 +50,8 @@ public:
     // SIGTERM to the job's process group, SIGKILL after its grace period; result "cancelled".
     bool cancel(JobId id);
     std::size_t running() const noexcept { return runs_.size(); }
+    // The unit a running job is contained in ("" when it runs directly).
+    std::string unit(JobId id) const;
 
 private:
     struct Run;

@@ -10,6 +10,7 @@
 #include "loopabull/sd-ptr.hpp"
 #include "loopabull/unique-fd.hpp"
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -19,11 +20,49 @@
 
 namespace loopabull {
 
+enum class BusKind { none, system, user };
+
 struct ManagerOptions {
     std::string config_path;
     std::string instance = "default";
     std::optional<LogLevel> log_level; // --log-level wins over the file
     std::string looper_dir;
+    BusKind bus = BusKind::none;       // where the D-Bus API is offered
+};
+
+enum class ManagerState { starting, running, paused, stopping };
+std::string_view to_string(ManagerState s) noexcept;
+
+// A job as status and control see it: queued, running, or recently finished.
+struct JobInfo {
+    JobId id = 0;
+    std::string routing_key;
+    std::string state; // queued, running, finished
+    std::string unit;  // its scope, when the scope executor runs it
+    std::string looper;
+    std::uint64_t queued_usec = 0; // CLOCK_REALTIME
+    std::uint64_t started_usec = 0;
+    std::uint64_t finished_usec = 0;
+    std::optional<Result> result;
+    std::optional<int> exit_code;
+};
+
+struct LooperInfo {
+    std::string name;
+    std::string state;
+    pid_t pid = -1;
+    unsigned restarts = 0;
+    std::uint64_t events = 0;
+};
+
+// Told of what status readers may want to hear about (the D-Bus API's signals).
+class ManagerObserver {
+public:
+    virtual ~ManagerObserver() = default;
+    virtual void job_new(const JobInfo& job) = 0;
+    virtual void job_removed(const JobInfo& job) = 0;
+    // Counters or state changed; the observer rate-limits what it sends.
+    virtual void properties_changed() = 0;
 };
 
 struct Job {
@@ -36,6 +75,8 @@ struct Job {
     std::string playbook;
     std::string vars_path; // set once written
     bool admitted = false; // holds one of the scheduler's running slots
+    std::uint64_t queued_usec = 0;
+    std::uint64_t started_usec = 0;
 };
 
 struct Counters {
@@ -60,6 +101,23 @@ public:
     // ExecutorHost
     void job_finished(JobId id, const Outcome& outcome) override;
 
+    // Status and control (the D-Bus API).
+    const std::string& instance() const noexcept { return options_.instance; }
+    ManagerState state() const noexcept;
+    const Counters& counters() const noexcept { return counters_; }
+    std::size_t jobs_queued() const noexcept { return scheduler_.queued(); }
+    std::size_t jobs_running() const noexcept { return scheduler_.running(); }
+    std::vector<LooperInfo> loopers() const;
+    std::vector<JobInfo> jobs() const;           // queued and running
+    std::optional<JobInfo> job(JobId id) const;  // also recently finished ones
+    // A queued job is answered "cancelled" at once; a running one is stopped.
+    bool cancel_job(JobId id);
+    void pause();  // no new events are taken; running jobs go on
+    void resume();
+    void reload();
+    void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
+    sd_event* event() const noexcept { return event_.get(); }
+
 private:
     static int on_signal(sd_event_source*, const signalfd_siginfo*, void*) noexcept;
     static int on_stop_timeout(sd_event_source*, uint64_t, void*) noexcept;
@@ -70,7 +128,6 @@ private:
     void setup_runtime_dir();
     void apply(Config config);
     void apply_loopers(const std::vector<LooperConfig>& wanted);
-    void reload();
     void begin_stop();
     void stop_loopers();
 
@@ -86,6 +143,8 @@ private:
     void update_intake();
     void status_changed();
     void send_status();
+    JobInfo info(const Job& job) const;
+    void remember(JobInfo finished);
 
     ManagerOptions options_;
     Config config_;
@@ -104,6 +163,11 @@ private:
     JobId next_job_ = 1;
     Counters counters_;
     bool stopping_ = false;
+    bool paused_ = false;
+    bool started_ = false;
+    ManagerObserver* observer_ = nullptr;
+    std::unique_ptr<ManagerObserver> bus_api_;
+    std::deque<JobInfo> history_; // recently finished jobs, newest last
     bool intake_open_ = true;
     bool status_dirty_ = false;
     bool notify_ = false;
