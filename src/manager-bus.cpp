@@ -103,6 +103,8 @@ private:
         Verb verb = Verb::pause;
         JobId job = 0;
         std::string who;
+        std::string sender;
+        bool interactive = false;
     };
 
     static const sd_bus_vtable kVtable[];
@@ -121,6 +123,7 @@ private:
     static int on_disconnected(sd_bus_message*, void* userdata, sd_bus_error*) noexcept;
 
     int authorize(sd_bus_message* m, Verb verb, JobId job, sd_bus_error* error);
+    int ask_polkit(Check& check);
     int perform(sd_bus_message* m, Verb verb, JobId job, const std::string& who, sd_bus_error* error);
     int no_such_job(JobId id, sd_bus_error* error) const;
     void emit_properties();
@@ -441,41 +444,51 @@ int BusApi::authorize(sd_bus_message* m, Verb verb, JobId job, sd_bus_error* err
         return sd_bus_error_set(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
                                 "Too many authorization checks in progress; try again");
 
-    sd_bus_message* q = nullptr;
-    r = sd_bus_message_new_method_call(bus_.get(), &q, kPolkitName, kPolkitPath, kPolkitInterface,
-                                       "CheckAuthorization");
-    if (r < 0) return r;
-    BusMessagePtr query(q);
-    bool interactive = sd_bus_message_get_allow_interactive_authorization(m) > 0;
-    std::string job_text = std::to_string(job);
-    // The details let polkit rules tell instances and verbs apart: action.lookup("instance").
-    r = sd_bus_message_append(q, "(sa{sv})s", "system-bus-name", 1, "name", "s", sender, kManageAction);
-    if (r >= 0) r = sd_bus_message_open_container(q, 'a', "{ss}");
-    if (r >= 0) r = sd_bus_message_append(q, "{ss}", "instance", manager_.instance().c_str());
-    if (r >= 0) r = sd_bus_message_append(q, "{ss}", "verb", verb_name(verb));
-    if (r >= 0 && verb == Verb::cancel) r = sd_bus_message_append(q, "{ss}", "job", job_text.c_str());
-    if (r >= 0) r = sd_bus_message_close_container(q);
-    // Flags: 1 = AllowUserInteraction, when the caller said it can wait for a password prompt.
-    if (r >= 0) r = sd_bus_message_append(q, "us", interactive ? 1u : 0u, "");
-    if (r < 0) return r;
-
     auto check = std::make_unique<Check>();
     check->api = this;
     check->call.reset(sd_bus_message_ref(m));
     check->verb = verb;
     check->job = job;
     check->who = std::move(who);
-    sd_bus_slot* slot = nullptr;
-    r = sd_bus_call_async(bus_.get(), &slot, q, on_polkit_reply, check.get(),
-                          interactive ? kInteractiveCheckTimeoutUsec : 0);
+    check->sender = sender;
+    check->interactive = sd_bus_message_get_allow_interactive_authorization(m) > 0;
+    r = ask_polkit(*check);
     if (r < 0) {
         spdlog::warn("D-Bus API: {} by {} refused: cannot ask polkit: {}", verb_name(verb), check->who,
                      std::strerror(-r));
         return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot ask polkit: access denied");
     }
-    check->slot.reset(slot);
     checks_.push_back(std::move(check));
     return 1; // answered in on_polkit_reply
+}
+
+// Sends CheckAuthorization for `check`; on_polkit_reply gets the answer.
+int BusApi::ask_polkit(Check& check) {
+    sd_bus_message* q = nullptr;
+    int r = sd_bus_message_new_method_call(bus_.get(), &q, kPolkitName, kPolkitPath, kPolkitInterface,
+                                           "CheckAuthorization");
+    if (r < 0) return r;
+    BusMessagePtr query(q);
+    std::string job_text = std::to_string(check.job);
+    r = sd_bus_message_append(q, "(sa{sv})s", "system-bus-name", 1, "name", "s", check.sender.c_str(),
+                              kManageAction);
+    // The details let polkit rules tell instances and verbs apart: action.lookup("instance").
+    if (r >= 0) r = sd_bus_message_open_container(q, 'a', "{ss}");
+    if (r >= 0) {
+        r = sd_bus_message_append(q, "{ss}", "instance", manager_.instance().c_str());
+        if (r >= 0) r = sd_bus_message_append(q, "{ss}", "verb", verb_name(check.verb));
+        if (r >= 0 && check.verb == Verb::cancel) r = sd_bus_message_append(q, "{ss}", "job", job_text.c_str());
+    }
+    if (r >= 0) r = sd_bus_message_close_container(q);
+    // Flags: 1 = AllowUserInteraction, when the caller said it can wait for a password prompt.
+    if (r >= 0) r = sd_bus_message_append(q, "us", check.interactive ? 1u : 0u, "");
+    if (r < 0) return r;
+    sd_bus_slot* slot = nullptr;
+    r = sd_bus_call_async(bus_.get(), &slot, q, on_polkit_reply, &check,
+                          check.interactive ? kInteractiveCheckTimeoutUsec : 0);
+    if (r < 0) return r;
+    check.slot.reset(slot);
+    return 0;
 }
 
 int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*) noexcept {
@@ -495,8 +508,11 @@ int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*
     BusError error;
     int r = 0;
     try {
-        if (const sd_bus_error* e = sd_bus_message_get_error(reply)) {
-            // polkit unreachable, or it failed: nobody can say yes, so it is no.
+        const sd_bus_error* e = sd_bus_message_get_error(reply);
+        if (e) {
+            // polkit unreachable, or it failed: nobody can say yes, so it is no. (polkit also
+            // refuses to answer a process that is neither root nor the action's owner, the user
+            // named by org.freedesktop.policykit.owner in the .policy file.)
             spdlog::warn("D-Bus API: {} by {} refused: polkit did not answer: {} ({})", verb, own->who,
                          e->message ? e->message : "", e->name ? e->name : "");
             sd_bus_error_setf(&error.e, SD_BUS_ERROR_ACCESS_DENIED,
