@@ -493,7 +493,55 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
 
 const std::vector<std::string_view> kExecutorKeys = {
     "type", "max_parallel", "queue_size", "timeout", "kill_grace", "stop_timeout",
-    "seccomp", "allow_root", "limit_nofile"};
+    "seccomp", "allow_root", "limit_nofile", "manager", "slice", "memory_max", "tasks_max",
+    "cpu_quota", "on_scope_failure"};
+
+// "infinity" lifts a limit; anything else goes through the strict grammar of its kind.
+template <typename F>
+void read_limit(const YAML::Node& node, std::optional<std::uint64_t>& field, F parse) {
+    if (node.IsScalar() && node.Scalar() == "infinity") {
+        field.reset();
+        return;
+    }
+    if (auto v = parse()) field = *v;
+}
+
+std::optional<std::uint64_t> parse_percent(Reader& r, const YAML::Node& node, std::string_view key) {
+    auto s = r.string(node, key);
+    if (!s) return std::nullopt;
+    std::uint64_t n = 0;
+    auto [end, ec] = std::from_chars(s->data(), s->data() + s->size(), n);
+    if (ec != std::errc() || std::string_view(end) != "%" || n == 0 || n > 100000) {
+        r.error(node, "'" + std::string(key) + "' must be a percentage such as 50% or 200% "
+                      "(of one CPU), or infinity, not '" + *s + "'");
+        return std::nullopt;
+    }
+    return n * 10000; // CPUQuotaPerSecUSec: 100% is one second of CPU time per second
+}
+
+void read_scope_keys(Reader& r, const YAML::Node& node, ExecutorConfig& e) {
+    if (auto v = node["manager"]) {
+        auto m = r.string(v, "manager");
+        if (m && *m != "system" && *m != "user") r.error(v, "'manager' must be system or user, not '" + *m + "'");
+        else if (m) e.user_manager = *m == "user";
+    }
+    if (auto v = node["slice"]) {
+        auto sl = r.nonempty(v, "slice");
+        if (sl && !sl->ends_with(".slice")) r.error(v, "'slice' must name a .slice unit, not '" + *sl + "'");
+        else if (sl) e.slice = *sl;
+    }
+    if (auto v = node["memory_max"]) read_limit(v, e.memory_max, [&] { return r.size(v, "memory_max"); });
+    if (auto v = node["tasks_max"])
+        read_limit(v, e.tasks_max, [&] { return r.integer(v, "tasks_max", 1, 4194304); });
+    if (auto v = node["cpu_quota"])
+        read_limit(v, e.cpu_quota_per_sec_usec, [&] { return parse_percent(r, v, "cpu_quota"); });
+    if (auto v = node["on_scope_failure"]) {
+        auto f = r.string(v, "on_scope_failure");
+        if (f && *f != "fail" && *f != "direct")
+            r.error(v, "'on_scope_failure' must be fail or direct, not '" + *f + "'");
+        else if (f) e.fallback_direct = *f == "direct";
+    }
+}
 
 void read_seccomp(Reader& r, const YAML::Node& node, ExecutorConfig& e) {
     auto s = r.nonempty(node, "seccomp");
@@ -512,9 +560,11 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
     auto& e = c.executor;
     if (auto v = node["type"]) {
         auto t = r.string(v, "type");
-        if (t && *t != "direct")
-            r.error(v, "executor type '" + *t + "' is not supported by this build (supported: direct)");
+        if (t && *t != "direct" && *t != "scope")
+            r.error(v, "executor type must be direct or scope, not '" + *t + "'");
+        else if (t) e.type = *t;
     }
+    read_scope_keys(r, node, e);
     if (auto v = node["max_parallel"])
         e.max_parallel = static_cast<unsigned>(r.integer(v, "max_parallel", 1, 1024).value_or(e.max_parallel));
     if (auto v = node["queue_size"])

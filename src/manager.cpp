@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "loopabull/manager.hpp"
 
+#include "loopabull/bus.hpp"
 #include "loopabull/log.hpp"
 #include "loopabull/manager-bus.hpp"
 #include "loopabull/varsfile.hpp"
@@ -172,7 +173,7 @@ void Manager::setup_event_loop() {
     sd_event_source_set_enabled(s, SD_EVENT_OFF);
     // Fed by the loop itself: a hung loop stops the pings and systemd restarts us.
     check(sd_event_set_watchdog(e, true), "sd_event_set_watchdog");
-    executor_ = std::make_unique<DirectExecutor>(e, *this);
+    executor_ = std::make_unique<Executor>(e, *this);
 }
 
 void Manager::setup_runtime_dir() {
@@ -234,7 +235,9 @@ void Manager::apply(Config config) {
     check_user(config.executor);
     auto sandbox = make_sandbox(config.executor);
     auto dirfd = open_playbooks_dir(config.ansible.playbooks_dir);
+    auto mode = scope_mode(config.executor);
     log::set_level(options_.log_level.value_or(config.loglevel));
+    executor_->set_scope_mode(std::move(mode));
     playbooks_dirfd_ = std::move(dirfd);
     filter_ = RoutingFilter(config.routing_keys);
     job_env_ = playbook_environment(config.ansible);
@@ -245,6 +248,32 @@ void Manager::apply(Config config) {
     apply_loopers(wanted);
     start_jobs();
     update_intake();
+}
+
+// The scope executor's connection is made once, to one manager: at start, the scopes a killed
+// predecessor left are stopped before any job can take their names.
+std::optional<ScopeMode> Manager::scope_mode(const ExecutorConfig& e) {
+    if (e.type != "scope") return std::nullopt;
+    if (scope_user_manager_ && *scope_user_manager_ != e.user_manager)
+        throw std::runtime_error("executor.manager cannot change while running; restart instead");
+    if (!scopes_) {
+        auto kind = e.user_manager ? BusKind::user : BusKind::system;
+        scope_bus_ = open_bus(kind, event_.get(), "scopes");
+        scopes_ = std::make_unique<ScopeManager>(scope_bus_.get());
+        scope_user_manager_ = e.user_manager;
+        scopes_->stop_stale(options_.instance, std::chrono::seconds(30));
+    }
+    ScopeMode mode;
+    mode.scopes = scopes_.get();
+    mode.instance = options_.instance;
+    mode.fallback_direct = e.fallback_direct;
+    auto& p = mode.properties;
+    p.slice = e.slice;
+    p.memory_max = e.memory_max;
+    p.tasks_max = e.tasks_max;
+    p.cpu_quota_per_sec_usec = e.cpu_quota_per_sec_usec;
+    p.binds_to = ScopeManager::own_unit(e.user_manager);
+    return mode;
 }
 
 void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {

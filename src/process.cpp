@@ -6,6 +6,8 @@
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -54,6 +56,35 @@ Stage apply_sandbox(const Sandbox& sb) {
     return kExec;
 }
 
+// stdout and stderr to a journald stream connected from here, so that journald sees the
+// child's cgroup (its scope) as the sender.
+void connect_journal(const std::string& header) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    static constexpr char path[] = "/run/systemd/journal/stdout";
+    std::memcpy(sa.sun_path, path, sizeof path);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 ||
+        write(fd, header.data(), header.size()) != static_cast<ssize_t>(header.size()) ||
+        shutdown(fd, SHUT_RD) < 0) {
+        close(fd);
+        return;
+    }
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+}
+
+bool wait_for_release(int fd) {
+    char byte = 0;
+    ssize_t n;
+    do n = read(fd, &byte, 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    return n == 1;
+}
+
 const char* stage_name(int stage) {
     switch (stage) {
     case kLimits: return "setting resource limits";
@@ -70,6 +101,7 @@ const char* stage_name(int stage) {
         prctl(PR_SET_PDEATHSIG, spec.death_signal);
         if (getppid() != parent) _exit(127);
     }
+    if (spec.wait_peer_fd >= 0) close(spec.wait_peer_fd);
     if (spec.new_session) setsid();
     else setpgid(0, 0);
     sigset_t all;
@@ -83,6 +115,8 @@ const char* stage_name(int stage) {
     if (spec.fd3 >= 0 && !place(spec.fd3, 3)) goto fail;
     // Close-on-exec covers our own descriptors; this also drops any the supervisor inherited.
     close_range(spec.fd3 >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (spec.wait_fd >= 0 && !wait_for_release(spec.wait_fd)) _exit(125);
+    if (spec.journal_header) connect_journal(*spec.journal_header);
     stage = spec.sandbox ? apply_sandbox(*spec.sandbox) : kExec;
     if (stage == kExec) execve(argv[0], argv, envp);
 fail:
@@ -115,22 +149,35 @@ Spawned spawn(const SpawnSpec& spec) {
     auto envp = pointers(spec.env);
     UniqueFd devnull(open("/dev/null", O_RDWR | O_CLOEXEC));
     int err_pipe[2];
-    if (!devnull || pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes"};
+    if (!devnull || pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes", {}};
     UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid < 0) return {-1, errno, "forking"};
+    if (pid < 0) return {-1, errno, "forking", {}};
     if (pid == 0) child(spec, argv.data(), envp.data(), devnull.get(), err_write.get(), parent);
     err_write.reset();
+    if (spec.wait_fd >= 0) {
+        Spawned s{pid, 0, nullptr, std::move(err_read)};
+        return s;
+    }
     // Blocks only until execve: the pipe closes on exec, or carries the child's failure.
     ChildError report{};
     ssize_t n;
     do n = read(err_read.get(), &report, sizeof report);
     while (n < 0 && errno == EINTR);
-    if (n != sizeof report) return {pid, 0, {}};
+    if (n != sizeof report) return {pid, 0, {}, {}};
     // The child is gone already; reap it here so that callers only ever track live children.
     while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {}
-    return {-1, report.error, stage_name(report.stage)};
+    return {-1, report.error, stage_name(report.stage), {}};
+}
+
+std::optional<std::string> read_spawn_failure(int fd, const std::string& program) {
+    ChildError report{};
+    ssize_t n;
+    do n = read(fd, &report, sizeof report);
+    while (n < 0 && errno == EINTR);
+    if (n != sizeof report) return std::nullopt;
+    return std::string(stage_name(report.stage)) + " " + program + " failed: " + std::strerror(report.error);
 }
 
 std::vector<std::string> inherited_environment() {

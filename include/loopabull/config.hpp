@@ -45,7 +45,14 @@ struct AnsibleConfig {
 };
 
 struct ExecutorConfig {
-    std::string type = "direct";
+    std::string type = "direct"; // direct | scope
+    // Scope executor: every job in a transient scope of the system or the user's manager.
+    bool user_manager = false;
+    std::string slice = "loopabull.slice";
+    std::optional<std::uint64_t> memory_max = std::uint64_t(2) << 30; // nullopt: infinity
+    std::optional<std::uint64_t> tasks_max = 1024;
+    std::optional<std::uint64_t> cpu_quota_per_sec_usec = 2000000;  // 200%
+    bool fallback_direct = false; // when a scope cannot be made: run unconfined, or fail
     unsigned max_parallel = 4;
     std::size_t queue_size = 1000;
     usec timeout = std::chrono::minutes(30);

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-// The direct executor: each job a process group of its own, killed whole on timeout or cancel.
+// Runs jobs: each in a process group of its own (direct), or in a transient systemd scope of
+// its own (scope), killed whole on timeout or cancel.
 #pragma once
 
 #include "loopabull/config.hpp"
 #include "loopabull/protocol.hpp"
 #include "loopabull/sandbox.hpp"
 #include "loopabull/scheduler.hpp"
+#include "loopabull/scope.hpp"
 #include "loopabull/sd-ptr.hpp"
 
 #include <memory>
@@ -29,7 +31,7 @@ struct JobSpec {
 struct Outcome {
     Result result = Result::failed;
     std::optional<int> exit_code;
-    std::string error; // why the job could not run, for the log
+    std::string error; // why the job could not run, for the log and the answer
 };
 
 class ExecutorHost {
@@ -38,16 +40,27 @@ public:
     virtual void job_finished(JobId id, const Outcome& outcome) = 0;
 };
 
-class DirectExecutor {
+// What the scope executor needs besides the scope manager.
+struct ScopeMode {
+    ScopeManager* scopes = nullptr;
+    std::string instance;
+    ScopeProperties properties; // description, runtime and stop timeout are set per job
+    bool fallback_direct = false;
+};
+
+class Executor {
 public:
-    DirectExecutor(sd_event* event, ExecutorHost& host);
-    ~DirectExecutor();
-    DirectExecutor(const DirectExecutor&) = delete;
-    DirectExecutor& operator=(const DirectExecutor&) = delete;
+    Executor(sd_event* event, ExecutorHost& host);
+    ~Executor();
+    Executor(const Executor&) = delete;
+    Executor& operator=(const Executor&) = delete;
+
+    // nullopt: the direct executor. Applies to jobs started from now on.
+    void set_scope_mode(std::optional<ScopeMode> mode) { scope_ = std::move(mode); }
 
     // Starts the job, or says why it could not be started.
     std::optional<std::string> start(const JobSpec& spec);
-    // SIGTERM to the job's process group, SIGKILL after its grace period; result "cancelled".
+    // Stops every process of the job (SIGTERM, SIGKILL after its grace); result "cancelled".
     bool cancel(JobId id);
     std::size_t running() const noexcept { return runs_.size(); }
     // The unit a running job is contained in ("" when it runs directly).
@@ -60,12 +73,15 @@ private:
     static int on_timeout(sd_event_source*, uint64_t, void*) noexcept;
     static int on_kill(sd_event_source*, uint64_t, void*) noexcept;
 
-    void add_sources(Run& run, int output_fd);
+    void add_sources(Run& run, usec timeout);
+    void create_scope(Run& run, const JobSpec& spec);
+    void scope_ready(JobId id, std::optional<std::string> error);
     void finish(Run& run, const siginfo_t& si);
     void terminate(Run& run);
 
     sd_event* event_;
     ExecutorHost& host_;
+    std::optional<ScopeMode> scope_;
     std::unordered_map<JobId, std::unique_ptr<Run>> runs_;
 };
 

@@ -7,6 +7,7 @@
 #include "loopabull/looper.hpp"
 #include "loopabull/routing.hpp"
 #include "loopabull/scheduler.hpp"
+#include "loopabull/scope.hpp"
 #include "loopabull/sd-ptr.hpp"
 #include "loopabull/unique-fd.hpp"
 
@@ -128,6 +129,7 @@ private:
     void setup_runtime_dir();
     void apply(Config config);
     void apply_loopers(const std::vector<LooperConfig>& wanted);
+    std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
     void begin_stop();
     void stop_loopers();
 
@@ -153,7 +155,10 @@ private:
     RoutingFilter filter_{{}};
     UniqueFd playbooks_dirfd_;
     Scheduler scheduler_{1, 1};
-    std::unique_ptr<DirectExecutor> executor_;
+    std::unique_ptr<Executor> executor_;
+    BusPtr scope_bus_;                     // to the manager that makes our scopes
+    std::unique_ptr<ScopeManager> scopes_;
+    std::optional<bool> scope_user_manager_; // which manager scopes_ talks to
     std::map<std::string, std::unique_ptr<Looper>> loopers_;
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;
