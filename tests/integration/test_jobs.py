@@ -159,7 +159,7 @@ def test_legacy_readme_dialect(user_workdir):
     try:
         wait_until(lambda: len(read_answers(answers)) == 2, 120, what="two answers")
         by_id = {a["id"]: a["result"] for a in read_answers(answers)}
-        assert by_id == {"l": "succeeded", "r": "unrouted"}
+        assert by_id == {"l": "succeeded", "r": "unrouted"}, sup.log[-4000:]
         assert sup.stop() == 0
     finally:
         if sup.proc.poll() is None:
@@ -184,7 +184,7 @@ def test_legacy_007_dialect(user_workdir):
     sup = Supervisor(workdir, cfg, env={"LOOPABULL_LOOPER_DIR": str(looper_dir)}, user=user)
     try:
         wait_until(lambda: read_answers(answers), 120, what="the answer")
-        assert read_answers(answers) == [{"id": "l", "result": "succeeded", "exit_code": 0}]
+        assert read_answers(answers) == [{"id": "l", "result": "succeeded", "exit_code": 0}], sup.log[-4000:]
         assert sup.stop() == 0
     finally:
         if sup.proc.poll() is None:
