@@ -594,3 +594,14 @@ def test_stopping_state_refuses_pause(bus, instance):
     assert bus.call_error(inst.name, "Pause")[0] == "org.loopabull.Loopabull1.Stopping"
     inst.call("CancelJob", "t", 1)  # still allowed: it shortens the drain
     assert inst.sup.proc.wait(20) == 0
+
+
+@pytest.mark.skipif(shutil.which("man") is None or shutil.which("groff") is None,
+                    reason="man (man-db) and groff are needed")
+@pytest.mark.parametrize("page", ["loopabullctl.1", "org.loopabull.Loopabull1.5", "loopabull.8"])
+def test_man_page_renders_without_warnings(page):
+    path = ROOT / "man" / page
+    for cmd in (["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", str(path)],
+                ["groff", "-man", "-ww", "-z", str(path)]):
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MANWIDTH": "80"})
+        assert r.returncode == 0 and r.stderr == "", (cmd, r.stderr)
