@@ -119,3 +119,67 @@ def test_profile_adds_and_removes_syscalls(workdir):
         assert forbidden not in dnames
     for needed in ("execve", "clone", "openat", "read", "write", "socket", "connect", "wait4"):
         assert needed in dnames
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A private sshd on loopback that lets this user in with a fresh key."""
+    sshd_bin = "/usr/sbin/sshd"
+    if not os.path.exists(sshd_bin):
+        pytest.skip("openssh-server is not installed (tools/setup-deps installs it)")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nPermitRootLogin prohibit-password\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "w"))
+    import socket
+    wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, what="sshd")
+    yield {"port": port, "key": str(d / "client_key"), "user": os.environ.get("USER") or "root"}
+    proc.terminate()
+    proc.wait(10)
+
+
+@needs_ansible
+@pytest.mark.skipif(os.geteuid() != 0, reason="the private sshd needs root to accept logins")
+@pytest.mark.parametrize("deny,result", [([], "succeeded"), (["connect"], "failed")],
+                         ids=["default-filter", "connect-denied"])
+def test_playbook_over_ssh_under_the_default_filter(workdir, supervisor, sshd, deny, result):
+    """ssh works under the default filter; with connect denied it does not (the filter is
+    really in the way of the ssh client)."""
+    inventory = workdir / "inventory"
+    inventory.write_text(
+        f"target ansible_host=127.0.0.1 ansible_port={sshd['port']} ansible_user=root "
+        f"ansible_ssh_private_key_file={sshd['key']} "
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n")
+    answers = workdir / "answers"
+    out = workdir / "out"
+    cfg = base_config(workdir, [scripted(lines=[event("test.ssh", {"out_dir": str(out)}, id="s")],
+                                         answers=str(answers))],
+                      ansible={"playbooks_dir": str(workdir / "playbooks"), "inventory": str(inventory)})
+    if deny:
+        profile = workdir / "profile.yml"
+        profile.write_text(f"base: default\ndeny: {deny}\n")
+        cfg["executor"]["seccomp"] = str(profile)
+    sup = supervisor(cfg)
+    wait_until(lambda: read_answers(answers), 120, what="the answer")
+    assert read_answers(answers)[0]["result"] == result, sup.log[-4000:]
+    if result == "succeeded":
+        assert (out / "ssh.txt").read_text().strip() == "root"
+    else:
+        assert "UNREACHABLE" in sup.log, sup.log[-4000:]
+    assert "seccomp is off" not in sup.log
