@@ -214,6 +214,39 @@ executor:
     expect_executor(c.executor, 1024, 1, 24h, 30s, 90min);
 }
 
+TEST(Config, ScopeExecutorAndSandboxKeys) {
+    auto c = parsed(with_top("executor:\n  type: scope\n  manager: user\n  slice: jobs.slice\n"
+                             "  memory_max: 512MiB\n  tasks_max: infinity\n  cpu_quota: 50%\n"
+                             "  on_scope_failure: direct\n  seccomp: 'off'\n  allow_root: true\n"
+                             "  limit_nofile: 2048\n"));
+    auto& e = c.executor;
+    EXPECT_EQ(e.type, "scope");
+    EXPECT_TRUE(e.user_manager);
+    EXPECT_EQ(e.slice, "jobs.slice");
+    EXPECT_EQ(e.memory_max, std::optional<std::uint64_t>(512u << 20));
+    EXPECT_EQ(e.tasks_max, std::nullopt);
+    EXPECT_EQ(e.cpu_quota_per_sec_usec, std::optional<std::uint64_t>(500000));
+    EXPECT_TRUE(e.fallback_direct);
+    EXPECT_FALSE(e.seccomp_policy.has_value());
+    EXPECT_TRUE(e.allow_root);
+    EXPECT_EQ(e.limit_nofile, 2048u);
+}
+
+TEST(Config, ScopeAndSandboxDefaults) {
+    auto e = parsed(config_with()).executor;
+    EXPECT_EQ(e.type, "direct");
+    EXPECT_FALSE(e.user_manager);
+    EXPECT_EQ(e.slice, "loopabull.slice");
+    EXPECT_EQ(e.memory_max, std::optional<std::uint64_t>(std::uint64_t(2) << 30));
+    EXPECT_EQ(e.tasks_max, std::optional<std::uint64_t>(1024));
+    EXPECT_EQ(e.cpu_quota_per_sec_usec, std::optional<std::uint64_t>(2000000));
+    EXPECT_FALSE(e.fallback_direct);
+    ASSERT_TRUE(e.seccomp_policy.has_value());
+    EXPECT_TRUE(e.seccomp_policy->allow.count("execve"));
+    EXPECT_FALSE(e.seccomp_policy->allow.count("ptrace"));
+    EXPECT_FALSE(e.allow_root);
+}
+
 TEST(Config, RelativePathsAreResolvedAgainstTheConfigDirectory) {
     auto c = parsed(R"(routing_keys: [all]
 runtime_dir: run
@@ -514,8 +547,19 @@ INSTANTIATE_TEST_SUITE_P(
                      "invalid environment variable name 'A=B'"),
         ansible_case("EnvironmentValueMapping", "  environment: {A: {b: c}}\n",
                      "'A' must be a string"),
-        executor_case("ExecutorType", "  type: scope\n",
-                      "executor type 'scope' is not supported by this build (supported: direct)")),
+        executor_case("ExecutorType", "  type: chroot\n",
+                      "executor type must be direct or scope, not 'chroot'"),
+        executor_case("Manager", "  manager: session\n", "'manager' must be system or user, not 'session'"),
+        executor_case("Slice", "  slice: jobs\n", "'slice' must name a .slice unit, not 'jobs'"),
+        executor_case("CpuQuota", "  cpu_quota: 50\n",
+                      "'cpu_quota' must be a percentage such as 50% or 200% (of one CPU), or "
+                      "infinity, not '50'"),
+        executor_case("MemoryMaxBare", "  memory_max: 4096\n",
+                      "'memory_max': invalid size '4096': " + kSizeUnits),
+        executor_case("OnScopeFailure", "  on_scope_failure: retry\n",
+                      "'on_scope_failure' must be fail or direct, not 'retry'"),
+        executor_case("AllowRoot", "  allow_root: yes\n",
+                      "'allow_root' must be true or false, not 'yes'")),
     label_of);
 
 INSTANTIATE_TEST_SUITE_P(
