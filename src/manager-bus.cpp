@@ -203,7 +203,6 @@ BusApi::BusApi(Manager& m, BusKind kind) : manager_(m), kind_(kind) {
           "exporting " + std::string(kBusObjectPath));
     object_slot_.reset(slot);
 
-    BusError error;
     int r = sd_bus_request_name(bus_.get(), name_.c_str(), 0);
     if (r == -EEXIST || r == -EALREADY)
         throw std::runtime_error("the bus name " + name_ + " is taken: is instance " + m.instance() +
