@@ -7,12 +7,14 @@ busctl (systemd), dbus-send (dbus) and the loopabullctl of the build. Playbooks 
 script (playbook_cmd), so that jobs take the time a test wants; the ansible-playbook path is
 covered by the other tests and by tests/system/test_service.py.
 """
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -21,8 +23,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (BIN, BUILD, LOOPER_DIR, ROOT, Supervisor, base_config, event, read_answers, scripted,
-                      wait_until)
+
+def _helpers():
+    """This directory's conftest.py. "from conftest import" is not enough: when pytest collects
+    tests/system as well (pytest tests/integration/test_dbus.py tests/system/...), the module
+    named conftest is the last one loaded, that of tests/system."""
+    here = Path(__file__).resolve().parent
+    mod = sys.modules.get("conftest")
+    if mod is not None and Path(mod.__file__).resolve().parent == here:
+        return mod
+    spec = importlib.util.spec_from_file_location("loopabull_integration_conftest", here / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_h = _helpers()
+BIN, BUILD, LOOPER_DIR, ROOT = _h.BIN, _h.BUILD, _h.LOOPER_DIR, _h.ROOT
+Supervisor, base_config, event, read_answers, scripted, wait_until = (
+    _h.Supervisor, _h.base_config, _h.event, _h.read_answers, _h.scripted, _h.wait_until)
 
 CTL = Path(os.environ.get("LOOPABULLCTL_BIN", BUILD / "src" / "loopabullctl")).resolve()
 MAN_PAGE = ROOT / "man" / "org.loopabull.Loopabull1.5"
