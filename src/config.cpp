@@ -530,7 +530,10 @@ void read_scope_keys(Reader& r, const YAML::Node& node, ExecutorConfig& e) {
         if (sl && !sl->ends_with(".slice")) r.error(v, "'slice' must name a .slice unit, not '" + *sl + "'");
         else if (sl) e.slice = *sl;
     }
-    if (auto v = node["memory_max"]) read_limit(v, e.memory_max, [&] { return r.size(v, "memory_max"); });
+    if (auto v = node["memory_max"]) {
+        read_limit(v, e.memory_max, [&] { return r.size(v, "memory_max"); });
+        if (e.memory_max && *e.memory_max < (1u << 20)) r.error(v, "'memory_max' must be at least 1MiB");
+    }
     if (auto v = node["tasks_max"])
         read_limit(v, e.tasks_max, [&] { return r.integer(v, "tasks_max", 1, 4194304); });
     if (auto v = node["cpu_quota"])

@@ -23,6 +23,7 @@ struct Executor::Run {
     bool timed_out = false;
     bool cancelled = false;
     std::string unit;      // its scope, once asked for
+    ScopeManager* scopes = nullptr; // kept: a reload may switch the executor to direct
     bool in_scope = false; // released into its scope
     UniqueFd release;      // write a byte to let the child go on
     std::string failure;   // why the job could not run (scope creation)
@@ -48,9 +49,9 @@ void describe(sd_event_source* s, JobId id, const char* what) {
 
 Outcome outcome_of(const siginfo_t& si, bool timed_out, bool cancelled) {
     int code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
-    if (timed_out) return {Result::timeout, code, {}};
-    if (cancelled) return {Result::cancelled, code, {}};
-    return {code == 0 ? Result::succeeded : Result::failed, code, {}};
+    if (timed_out) return {Result::timeout, code, {}, {}};
+    if (cancelled) return {Result::cancelled, code, {}, {}};
+    return {code == 0 ? Result::succeeded : Result::failed, code, {}, {}};
 }
 
 // journald's stream header: identifier, unit, priority, level prefix, forward to syslog, kmsg,
@@ -93,7 +94,7 @@ Executor::~Executor() {
     // Only reached on a fatal error: playbooks must not outlive the supervisor.
     for (auto& [id, run] : runs_) {
         kill(-run->pid, SIGKILL);
-        if (run->in_scope && scope_) scope_->scopes->stop(run->unit);
+        if (run->in_scope) run->scopes->stop(run->unit);
     }
 }
 
@@ -123,6 +124,7 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
     run->output = std::move(out.read);
     run->spawn_report = std::move(child.pending_report);
     run->program = spec.argv[0];
+    run->scopes = scope_ ? scope_->scopes : nullptr;
     auto& r = *run;
     runs_.emplace(spec.id, std::move(run));
     add_sources(r, spec.timeout);
@@ -152,7 +154,8 @@ void Executor::scope_ready(JobId id, std::optional<std::string> error) {
     log::Scope scope(f);
     if (!error) {
         r.in_scope = true;
-        spdlog::info("job {} runs in {} (journalctl -u {})", id, r.unit, r.unit);
+        spdlog::info("job {} runs in {} (journalctl {}-u {})", id, r.unit,
+                     scope_ && scope_->user_manager ? "--user " : "", r.unit);
         return r.release_child();
     }
     if (scope_ && scope_->fallback_direct) {
@@ -206,11 +209,12 @@ void Executor::finish(Run& run, const siginfo_t& si) {
     run.log_output();
     if (run.timed_out || run.cancelled) kill(-run.pid, SIGKILL);
     // The job is over: whatever it left running in its scope goes with it.
-    if (run.in_scope) scope_->scopes->stop(run.unit);
+    if (run.in_scope) run.scopes->stop(run.unit);
     auto outcome = outcome_of(si, run.timed_out, run.cancelled);
     if (run.spawn_report && run.failure.empty())
         run.failure = read_spawn_failure(run.spawn_report.get(), run.program).value_or("");
-    if (!run.failure.empty() && !run.cancelled) outcome = {Result::failed, std::nullopt, run.failure};
+    if (!run.failure.empty() && !run.cancelled) outcome = {Result::failed, std::nullopt, run.failure, {}};
+    if (run.in_scope) outcome.unit = run.unit;
     JobId id = run.id;
     runs_.erase(id);
     host_.job_finished(id, outcome);
@@ -218,7 +222,7 @@ void Executor::finish(Run& run, const siginfo_t& si) {
 
 void Executor::terminate(Run& run) {
     if (run.in_scope) {
-        scope_->scopes->stop(run.unit); // every process of the scope, SIGKILL after kill_grace
+        run.scopes->stop(run.unit); // every process of the scope, SIGKILL after kill_grace
     } else if (run.release) {
         kill(run.pid, SIGKILL);         // still waiting for its scope: nothing has run yet
         return;

@@ -267,6 +267,7 @@ std::optional<ScopeMode> Manager::scope_mode(const ExecutorConfig& e) {
     mode.scopes = scopes_.get();
     mode.instance = options_.instance;
     mode.fallback_direct = e.fallback_direct;
+    mode.user_manager = e.user_manager;
     auto& p = mode.properties;
     p.slice = e.slice;
     p.memory_max = e.memory_max;
@@ -365,7 +366,7 @@ void Manager::begin_stop() {
     spdlog::info("stopping: no new events; {} running job(s) may finish, {} queued are cancelled",
                  scheduler_.running(), scheduler_.queued());
     update_intake();
-    for (auto id : scheduler_.take_queued()) complete(id, {Result::cancelled, std::nullopt, {}});
+    for (auto id : scheduler_.take_queued()) complete(id, {Result::cancelled, std::nullopt, {}, {}});
     if (scheduler_.running() == 0) return stop_loopers();
     sd_event_source_set_time_relative(stop_timer_.get(),
                                       static_cast<uint64_t>(config_.executor.stop_timeout.count()));
@@ -477,7 +478,7 @@ void Manager::start_jobs() {
     while (auto id = scheduler_.next()) {
         auto& job = jobs_.at(*id);
         job.admitted = true;
-        if (auto err = launch(job)) complete(*id, {Result::failed, std::nullopt, *err});
+        if (auto err = launch(job)) complete(*id, {Result::failed, std::nullopt, *err, {}});
     }
 }
 
@@ -559,6 +560,7 @@ void Manager::complete(JobId id, const Outcome& outcome) {
     done.finished_usec = now_realtime_usec();
     done.result = outcome.result;
     done.exit_code = outcome.exit_code;
+    done.unit = outcome.unit;
     remember(done);
     if (observer_) observer_->job_removed(done);
     status_changed();
@@ -614,7 +616,7 @@ bool Manager::cancel_job(JobId id) {
     spdlog::info("job {} ({}): cancel requested", id, it->second.routing_key);
     if (it->second.admitted) return executor_->cancel(id);
     scheduler_.remove_queued(id);
-    complete(id, {Result::cancelled, std::nullopt, {}});
+    complete(id, {Result::cancelled, std::nullopt, {}, {}});
     update_intake();
     return true;
 }

@@ -4,6 +4,7 @@
 #include "loopabull/bus.hpp"
 #include "loopabull/log.hpp"
 
+#include <systemd/sd-daemon.h>
 #include <systemd/sd-login.h>
 
 #include <cstdlib>
@@ -43,8 +44,10 @@ int append_properties(sd_bus_message* m, pid_t pid, const ScopeProperties& p) {
     if (r >= 0 && p.memory_max) r = append_u64(m, "MemoryMax", *p.memory_max);
     if (r >= 0 && p.tasks_max) r = append_u64(m, "TasksMax", *p.tasks_max);
     if (r >= 0 && p.cpu_quota_per_sec_usec) r = append_u64(m, "CPUQuotaPerSecUSec", *p.cpu_quota_per_sec_usec);
-    // No playbook outlives the supervisor's unit: stopping it stops the scope.
-    for (auto dep : {"BindsTo", "After"})
+    // No playbook outlives the supervisor's unit (BindsTo). Before=, not After=: stop jobs run
+    // in reverse order, so on "systemctl stop" the supervisor stops first and drains its
+    // running jobs, and only then is the (by then empty) scope stopped.
+    for (auto dep : {"BindsTo", "Before"})
         if (r >= 0 && !p.binds_to.empty()) r = sd_bus_message_append(m, "(sv)", dep, "as", 1, p.binds_to.c_str());
     if (r >= 0) r = sd_bus_message_close_container(m);
     return r;
@@ -164,10 +167,23 @@ void ScopeManager::stop(const std::string& unit) {
     if (r < 0) spdlog::error("cannot stop {}: {}", unit, std::strerror(-r));
 }
 
+// The glob also matches other instances whose name extends ours ("releng-stg" for "releng"):
+// only names with a job number right after our instance are ours.
+std::vector<std::string> ScopeManager::stale_scopes(const std::string& instance) {
+    auto prefix = scope_unit_name(instance, 0);
+    prefix.erase(prefix.rfind("0.scope"));
+    auto units = list_units(bus_, prefix + "*.scope");
+    std::erase_if(units, [&](const std::string& u) {
+        auto middle = std::string_view(u).substr(prefix.size());
+        if (!middle.ends_with(".scope")) return true;
+        middle.remove_suffix(6);
+        return middle.empty() || middle.find_first_not_of("0123456789") != std::string_view::npos;
+    });
+    return units;
+}
+
 void ScopeManager::stop_stale(const std::string& instance, usec wait) {
-    auto pattern = scope_unit_name(instance, 0);
-    pattern.replace(pattern.rfind("-0.scope"), std::string::npos, "-*.scope");
-    auto stale = list_units(bus_, pattern);
+    auto stale = stale_scopes(instance);
     if (stale.empty()) return;
     spdlog::warn("stopping {} scope(s) left by a previous run of instance {}", stale.size(), instance);
     for (auto& unit : stale) {
@@ -176,9 +192,12 @@ void ScopeManager::stop_stale(const std::string& instance, usec wait) {
         sd_bus_error_free(&error);
     }
     auto deadline = std::chrono::steady_clock::now() + wait;
-    while (!list_units(bus_, pattern).empty()) {
+    while (!stale_scopes(instance).empty()) {
         if (std::chrono::steady_clock::now() > deadline)
-            throw std::runtime_error("scopes of a previous run (" + pattern + ") did not stop in time");
+            throw std::runtime_error("scopes of a previous run of instance " + instance +
+                                     " did not stop in time");
+        // The event loop does not run yet: keep the watchdog fed while we wait.
+        sd_notify(0, "WATCHDOG=1");
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
 }

@@ -32,6 +32,7 @@ struct Outcome {
     Result result = Result::failed;
     std::optional<int> exit_code;
     std::string error; // why the job could not run, for the log and the answer
+    std::string unit;  // the scope it ran in, if any
 };
 
 class ExecutorHost {
@@ -46,6 +47,7 @@ struct ScopeMode {
     std::string instance;
     ScopeProperties properties; // description, runtime and stop timeout are set per job
     bool fallback_direct = false;
+    bool user_manager = false;  // for the journalctl hint in the log
 };
 
 class Executor {

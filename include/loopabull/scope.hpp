@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace loopabull {
 
@@ -53,6 +54,7 @@ private:
     static int on_reply(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int on_job_removed(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     void finish(std::uint64_t token, std::optional<std::string> error);
+    std::vector<std::string> stale_scopes(const std::string& instance);
 
     struct Pending {
         std::string unit;

@@ -127,13 +127,15 @@ def test_job_runs_in_its_own_scope_with_limits(installed_machine, manager):
     d.drop("sys.record", {"hold": 6})
     d.wait(lambda: d.show(scope(1), "ActiveState").get("ActiveState") == "active", "the job's scope")
     props = d.show(scope(1), "MemoryMax", "TasksMax", "CPUQuotaPerSecUSec", "RuntimeMaxUSec",
-                   "Slice", "BindsTo", "After", "CollectMode", "Description")
+                   "Slice", "BindsTo", "Before", "CollectMode", "Description")
     assert props["MemoryMax"] == str(300 << 20)
     assert props["TasksMax"] == "77"
     assert props["CPUQuotaPerSecUSec"] == "500ms"
     assert props["RuntimeMaxUSec"] == "2min 7s"  # timeout + kill_grace + the 5 s margin
     assert props["Slice"] == "loopabull.slice"
-    assert SUPERVISOR in props["BindsTo"].split() and SUPERVISOR in props["After"].split()
+    assert SUPERVISOR in props["BindsTo"].split()
+    # Before=, so that a stop of the supervisor drains before the scope is stopped.
+    assert SUPERVISOR in props["Before"].split()
     assert props["CollectMode"] == "inactive-or-failed"
     assert props["Description"] == "loopabull job 1: sys.record"
     d.wait_log("job 1 (sys.record) succeeded")
@@ -208,6 +210,34 @@ def test_killed_supervisor_leaves_no_playbook_and_the_event_runs_again(installed
     d.wait_log("job 1 (sys.crash) succeeded")
     d.wait(lambda: installed_machine.run(["test", "-e", f"{SPOOL}/sys.crash.json"], check=False).returncode != 0,
            "the event file to be removed")
+
+
+def test_stopping_the_supervisor_drains_jobs_in_scopes(installed_machine, manager):
+    """systemctl stop: the running job finishes (BindsTo does not cut it short) and is answered;
+    the event is done, not lost or failed."""
+    d = Deployment(installed_machine, manager)
+    d.start()
+    d.drop("sys.record", {"hold": 5})
+    d.wait(lambda: d.show(scope(1), "ActiveState").get("ActiveState") == "active", "the job's scope")
+    d.systemctl("stop", SUPERVISOR)
+    log = d.journal(SUPERVISOR)
+    assert "job 1 (sys.record) succeeded" in log, log[-3000:]
+    assert installed_machine.run(["test", "-e", f"{SPOOL}/sys.record.json"], check=False).returncode != 0
+    assert installed_machine.run(["test", "-e", f"{SPOOL}/failed/sys.record.json"], check=False).returncode != 0
+
+
+def test_stale_scopes_of_another_instance_are_left_alone(installed_machine):
+    """At start, only this instance's leftover scopes are stopped, not those of an instance
+    whose name extends it (systest-stg for systest)."""
+    d = Deployment(installed_machine)
+    installed_machine.spawn(["systemd-run", "--scope", f"--unit=loopabull-{INSTANCE}-stg-7.scope",
+                             "sleep", "300"])
+    installed_machine.spawn(["systemd-run", "--scope", f"--unit={scope(9)}", "sleep", "300"])
+    d.wait(lambda: d.show(scope(9), "ActiveState").get("ActiveState") == "active", "a stale scope")
+    d.start()
+    d.wait(lambda: d.scope_gone(9), "our stale scope to be stopped")
+    assert d.show(f"loopabull-{INSTANCE}-stg-7.scope", "ActiveState")["ActiveState"] == "active"
+    assert "stopping 1 scope(s) left by a previous run" in d.journal(SUPERVISOR)
 
 
 def test_limits_are_enforced_where_the_kernel_can(installed_machine):
