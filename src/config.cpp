@@ -12,13 +12,13 @@
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
 #include <set>
 #include <sstream>
-#include <cstring>
 
 namespace loopabull {
 
@@ -32,14 +32,10 @@ struct Unit {
     std::uint64_t factor;
 };
 
-constexpr Unit kDurationUnits[] = {{"ms", 1000},
-                                   {"s", 1000000},
-                                   {"min", 60000000},
-                                   {"h", 3600000000},
-                                   {"d", 86400000000}};
-constexpr Unit kSizeUnits[] = {{"B", 1},       {"K", 1 << 10},      {"KiB", 1 << 10},
-                               {"M", 1 << 20}, {"MiB", 1 << 20},    {"G", 1 << 30},
-                               {"GiB", 1 << 30}};
+constexpr Unit kDurationUnits[] = {
+    {"ms", 1000}, {"s", 1000000}, {"min", 60000000}, {"h", 3600000000}, {"d", 86400000000}};
+constexpr Unit kSizeUnits[] = {{"B", 1},         {"K", 1 << 10}, {"KiB", 1 << 10}, {"M", 1 << 20},
+                               {"MiB", 1 << 20}, {"G", 1 << 30}, {"GiB", 1 << 30}};
 
 // "<digits><unit>" where the unit comes from the table; a bare number takes the default factor.
 template <std::size_t N>
@@ -55,7 +51,8 @@ std::optional<std::uint64_t> parse_with_units(std::string_view text, const Unit 
         if (ec == std::errc() && unit == u.name) factor = u.factor;
     if (!factor) {
         std::string names;
-        for (auto& u : units) names += std::string(names.empty() ? "" : ", ") + std::string(u.name);
+        for (auto& u : units)
+            names += std::string(names.empty() ? "" : ", ") + std::string(u.name);
         if (error)
             *error = "invalid " + std::string(what) + " '" + std::string(text) +
                      "': expected a whole number followed by one of " + names;
@@ -70,7 +67,8 @@ std::optional<std::uint64_t> parse_with_units(std::string_view text, const Unit 
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
     std::vector<std::size_t> row(b.size() + 1);
-    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t j = 0; j <= b.size(); ++j)
+        row[j] = j;
     for (std::size_t i = 1; i <= a.size(); ++i) {
         std::size_t diag = row[0];
         row[0] = i;
@@ -94,13 +92,13 @@ std::string did_you_mean(std::string_view word, const std::vector<std::string_vi
 }
 
 bool executable_file(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(path.c_str(), X_OK) == 0;
 }
 
 // Reads one config document, recording problems instead of stopping at the first.
 class Reader {
-public:
+  public:
     Reader(std::string file, const LoadOptions& options)
         : file_(std::move(file)), options_(options) {
         auto parent = fs::path(file_).parent_path();
@@ -175,8 +173,8 @@ public:
         auto [end, ec] = std::from_chars(s->data(), s->data() + s->size(), n);
         if (ec != std::errc() || end != s->data() + s->size() || n < min || n > max) {
             error(node, "'" + std::string(key) + "' must be a whole number from " +
-                            std::to_string(min) + " to " + std::to_string(max) + ", not '" +
-                            *s + "'");
+                            std::to_string(min) + " to " + std::to_string(max) + ", not '" + *s +
+                            "'");
             return std::nullopt;
         }
         return n;
@@ -231,7 +229,8 @@ public:
         }
         if (node.IsSequence()) {
             json arr = json::array();
-            for (auto item : node) arr.push_back(to_json(item));
+            for (auto item : node)
+                arr.push_back(to_json(item));
             return arr;
         }
         if (!node.IsScalar()) return nullptr;
@@ -264,7 +263,7 @@ public:
 
     const LoadOptions& options() const { return options_; }
 
-private:
+  private:
     std::string file_;
     fs::path base_;
     const LoadOptions& options_;
@@ -274,7 +273,8 @@ std::string bundled_list(const std::string& dir) {
     auto names = bundled_loopers(dir);
     if (names.empty()) return "none are installed in " + dir;
     std::string out;
-    for (auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    for (auto& n : names)
+        out += (out.empty() ? "" : ", ") + n;
     return out;
 }
 
@@ -289,8 +289,8 @@ void resolve_looper_command(Reader& r, const YAML::Node& at, std::vector<std::st
     }
     auto bundled = r.options().looper_dir + "/" + prog;
     if (r.options().check_files && !executable_file(bundled)) {
-        r.error(at, "unknown looper '" + prog + "' (bundled loopers: " +
-                        bundled_list(r.options().looper_dir) +
+        r.error(at, "unknown looper '" + prog +
+                        "' (bundled loopers: " + bundled_list(r.options().looper_dir) +
                         "); give your own looper as a path containing '/'");
         return;
     }
@@ -298,8 +298,8 @@ void resolve_looper_command(Reader& r, const YAML::Node& at, std::vector<std::st
 }
 
 const std::vector<std::string_view> kLooperKeys = {
-    "name", "command", "config", "restart_delay", "restart_delay_max", "restart_limit",
-    "max_line_length"};
+    "name",          "command",        "config", "restart_delay", "restart_delay_max",
+    "restart_limit", "max_line_length"};
 
 bool valid_looper_name(const std::string& n) {
     return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char c) {
@@ -310,32 +310,39 @@ bool valid_looper_name(const std::string& n) {
 std::optional<LooperConfig> read_looper(Reader& r, const YAML::Node& node) {
     if (!r.mapping(node, "a looper", kLooperKeys)) return std::nullopt;
     LooperConfig lc;
-    if (!node["name"]) r.error(node, "looper has no 'name'");
+    if (!node["name"])
+        r.error(node, "looper has no 'name'");
     else if (auto n = r.nonempty(node["name"], "name")) {
         if (!valid_looper_name(*n))
-            r.error(node["name"], "looper name '" + *n +
-                                      "' must be 1-64 letters, digits, '_' or '-'");
+            r.error(node["name"],
+                    "looper name '" + *n + "' must be 1-64 letters, digits, '_' or '-'");
         lc.name = *n;
     }
-    if (!node["command"]) r.error(node, "looper '" + lc.name + "' has no 'command'");
+    if (!node["command"])
+        r.error(node, "looper '" + lc.name + "' has no 'command'");
     else if (auto c = r.strings(node["command"], "command", true)) {
         lc.command = std::move(*c);
         resolve_looper_command(r, node["command"], lc.command);
     }
     if (auto c = node["config"]) {
-        if (!c.IsMap() && !c.IsNull()) r.error(c, "'config' must be a mapping");
-        else if (c.IsMap()) lc.config = r.to_json(c);
+        if (!c.IsMap() && !c.IsNull())
+            r.error(c, "'config' must be a mapping");
+        else if (c.IsMap())
+            lc.config = r.to_json(c);
     }
-    if (auto v = node["restart_delay"]) lc.restart_delay = r.duration(v, "restart_delay").value_or(lc.restart_delay);
+    if (auto v = node["restart_delay"])
+        lc.restart_delay = r.duration(v, "restart_delay").value_or(lc.restart_delay);
     if (auto v = node["restart_delay_max"])
         lc.restart_delay_max = r.duration(v, "restart_delay_max").value_or(lc.restart_delay_max);
     if (auto v = node["restart_limit"])
-        lc.restart_limit = static_cast<unsigned>(r.integer(v, "restart_limit", 0, 1000000).value_or(lc.restart_limit));
+        lc.restart_limit = static_cast<unsigned>(
+            r.integer(v, "restart_limit", 0, 1000000).value_or(lc.restart_limit));
     if (auto v = node["max_line_length"]) {
         auto n = r.size(v, "max_line_length");
         if (n && (*n < 64 || *n > (std::uint64_t(1) << 30)))
             r.error(v, "'max_line_length' must be between 64B and 1GiB");
-        else if (n) lc.max_line_length = *n;
+        else if (n)
+            lc.max_line_length = *n;
     }
     if (lc.restart_delay.count() == 0) r.error(node, "'restart_delay' must be more than 0");
     if (lc.restart_delay_max < lc.restart_delay)
@@ -380,12 +387,15 @@ std::optional<Layout> parse_layout(const std::string& s) {
 void read_layout(Reader& r, const YAML::Node& node, std::string_view key, Config& c) {
     auto s = r.string(node, key);
     if (!s) return;
-    if (auto l = parse_layout(*s)) c.ansible.layout = *l;
-    else r.error(node, "'" + std::string(key) + "' must be name (rkname) or directory (rkdirectory), not '" + *s + "'");
+    if (auto l = parse_layout(*s))
+        c.ansible.layout = *l;
+    else
+        r.error(node, "'" + std::string(key) +
+                          "' must be name (rkname) or directory (rkdirectory), not '" + *s + "'");
 }
 
 bool is_directory(const std::string& p) {
-    struct stat st{};
+    struct stat st {};
     return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
@@ -404,7 +414,8 @@ void resolve_playbook_cmd(Reader& r, const YAML::Node& at, std::vector<std::stri
     auto& prog = cmd.front();
     if (prog.find('/') == std::string::npos) {
         auto found = find_in_path(prog);
-        if (found) prog = *found;
+        if (found)
+            prog = *found;
         else if (r.options().check_files)
             r.error(at, "playbook_cmd '" + prog + "' is not found in PATH");
         return;
@@ -431,8 +442,8 @@ void read_environment(Reader& r, const YAML::Node& node, Config& c) {
 }
 
 const std::vector<std::string_view> kAnsibleKeys = {
-    "playbooks_dir", "layout", "playbook_cmd", "cfg_file_path", "inventory",
-    "trusted_payloads", "environment"};
+    "playbooks_dir", "layout",           "playbook_cmd", "cfg_file_path",
+    "inventory",     "trusted_payloads", "environment"};
 const std::vector<std::string_view> kLegacyAnsibleKeys = {
     "playbooks_dir", "playbook_cmd", "cfg_file_path", "inventory_path", "modules_dir"};
 
@@ -450,7 +461,8 @@ void read_playbooks_dir(Reader& r, const YAML::Node& node, Config& c) {
     if (!d) return;
     c.ansible.playbooks_dir = r.path(*d);
     if (r.options().check_files && !is_directory(c.ansible.playbooks_dir))
-        r.error(node["playbooks_dir"], "playbooks_dir '" + c.ansible.playbooks_dir + "' is not a directory");
+        r.error(node["playbooks_dir"],
+                "playbooks_dir '" + c.ansible.playbooks_dir + "' is not a directory");
 }
 
 void read_inventory(Reader& r, const YAML::Node& node, std::string_view key, Config& c) {
@@ -492,9 +504,9 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
 }
 
 const std::vector<std::string_view> kExecutorKeys = {
-    "type", "max_parallel", "queue_size", "timeout", "kill_grace", "stop_timeout",
-    "seccomp", "allow_root", "limit_nofile", "manager", "slice", "memory_max", "tasks_max",
-    "cpu_quota", "on_scope_failure"};
+    "type",         "max_parallel", "queue_size", "timeout",      "kill_grace",
+    "stop_timeout", "seccomp",      "allow_root", "limit_nofile", "manager",
+    "slice",        "memory_max",   "tasks_max",  "cpu_quota",    "on_scope_failure"};
 
 // "infinity" lifts a limit; anything else goes through the strict grammar of its kind.
 template <typename F>
@@ -506,14 +518,17 @@ void read_limit(const YAML::Node& node, std::optional<std::uint64_t>& field, F p
     if (auto v = parse()) field = *v;
 }
 
-std::optional<std::uint64_t> parse_percent(Reader& r, const YAML::Node& node, std::string_view key) {
+std::optional<std::uint64_t> parse_percent(Reader& r, const YAML::Node& node,
+                                           std::string_view key) {
     auto s = r.string(node, key);
     if (!s) return std::nullopt;
     std::uint64_t n = 0;
     auto [end, ec] = std::from_chars(s->data(), s->data() + s->size(), n);
     if (ec != std::errc() || std::string_view(end) != "%" || n == 0 || n > 100000) {
-        r.error(node, "'" + std::string(key) + "' must be a percentage such as 50% or 200% "
-                      "(of one CPU), or infinity, not '" + *s + "'");
+        r.error(node, "'" + std::string(key) +
+                          "' must be a percentage such as 50% or 200% "
+                          "(of one CPU), or infinity, not '" +
+                          *s + "'");
         return std::nullopt;
     }
     return n * 10000; // CPUQuotaPerSecUSec: 100% is one second of CPU time per second
@@ -522,17 +537,22 @@ std::optional<std::uint64_t> parse_percent(Reader& r, const YAML::Node& node, st
 void read_scope_keys(Reader& r, const YAML::Node& node, ExecutorConfig& e) {
     if (auto v = node["manager"]) {
         auto m = r.string(v, "manager");
-        if (m && *m != "system" && *m != "user") r.error(v, "'manager' must be system or user, not '" + *m + "'");
-        else if (m) e.user_manager = *m == "user";
+        if (m && *m != "system" && *m != "user")
+            r.error(v, "'manager' must be system or user, not '" + *m + "'");
+        else if (m)
+            e.user_manager = *m == "user";
     }
     if (auto v = node["slice"]) {
         auto sl = r.nonempty(v, "slice");
-        if (sl && !sl->ends_with(".slice")) r.error(v, "'slice' must name a .slice unit, not '" + *sl + "'");
-        else if (sl) e.slice = *sl;
+        if (sl && !sl->ends_with(".slice"))
+            r.error(v, "'slice' must name a .slice unit, not '" + *sl + "'");
+        else if (sl)
+            e.slice = *sl;
     }
     if (auto v = node["memory_max"]) {
         read_limit(v, e.memory_max, [&] { return r.size(v, "memory_max"); });
-        if (e.memory_max && *e.memory_max < (1u << 20)) r.error(v, "'memory_max' must be at least 1MiB");
+        if (e.memory_max && *e.memory_max < (1u << 20))
+            r.error(v, "'memory_max' must be at least 1MiB");
     }
     if (auto v = node["tasks_max"])
         read_limit(v, e.tasks_max, [&] { return r.integer(v, "tasks_max", 1, 4194304); });
@@ -542,7 +562,8 @@ void read_scope_keys(Reader& r, const YAML::Node& node, ExecutorConfig& e) {
         auto f = r.string(v, "on_scope_failure");
         if (f && *f != "fail" && *f != "direct")
             r.error(v, "'on_scope_failure' must be fail or direct, not '" + *f + "'");
-        else if (f) e.fallback_direct = *f == "direct";
+        else if (f)
+            e.fallback_direct = *f == "direct";
     }
 }
 
@@ -550,8 +571,10 @@ void read_seccomp(Reader& r, const YAML::Node& node, ExecutorConfig& e) {
     auto s = r.nonempty(node, "seccomp");
     if (!s) return;
     e.seccomp = *s;
-    if (*s == "off") e.seccomp_policy.reset();
-    else if (*s == "default") e.seccomp_policy = default_seccomp_policy();
+    if (*s == "off")
+        e.seccomp_policy.reset();
+    else if (*s == "default")
+        e.seccomp_policy = default_seccomp_policy();
     else {
         e.seccomp = r.path(*s);
         if (auto p = load_seccomp_profile(e.seccomp, r.errors)) e.seccomp_policy = std::move(*p);
@@ -565,23 +588,28 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
         auto t = r.string(v, "type");
         if (t && *t != "direct" && *t != "scope")
             r.error(v, "executor type must be direct or scope, not '" + *t + "'");
-        else if (t) e.type = *t;
+        else if (t)
+            e.type = *t;
     }
     read_scope_keys(r, node, e);
     if (auto v = node["max_parallel"])
-        e.max_parallel = static_cast<unsigned>(r.integer(v, "max_parallel", 1, 1024).value_or(e.max_parallel));
+        e.max_parallel =
+            static_cast<unsigned>(r.integer(v, "max_parallel", 1, 1024).value_or(e.max_parallel));
     if (auto v = node["queue_size"])
         e.queue_size = r.integer(v, "queue_size", 1, 1000000).value_or(e.queue_size);
     if (auto v = node["seccomp"]) read_seccomp(r, v, e);
     if (auto v = node["allow_root"]) e.allow_root = r.boolean(v, "allow_root").value_or(false);
     if (auto v = node["limit_nofile"])
         e.limit_nofile = r.integer(v, "limit_nofile", 64, 1048576).value_or(e.limit_nofile);
-    for (auto [key, field] : {std::pair{"timeout", &e.timeout}, std::pair{"kill_grace", &e.kill_grace},
-                              std::pair{"stop_timeout", &e.stop_timeout}}) {
+    for (auto [key, field] :
+         {std::pair{"timeout", &e.timeout}, std::pair{"kill_grace", &e.kill_grace},
+          std::pair{"stop_timeout", &e.stop_timeout}}) {
         if (auto v = node[key]) {
             auto d = r.duration(v, key);
-            if (d && d->count() == 0) r.error(v, "'" + std::string(key) + "' must be more than 0");
-            else if (d) *field = *d;
+            if (d && d->count() == 0)
+                r.error(v, "'" + std::string(key) + "' must be more than 0");
+            else if (d)
+                *field = *d;
         }
     }
 }
@@ -589,26 +617,34 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
 void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
     auto s = r.string(node, "loglevel");
     if (!s) return;
-    if (auto l = parse_log_level(*s)) c.loglevel = *l;
-    else r.error(node, "'loglevel' must be debug, info, warning or error, not '" + *s + "'");
+    if (auto l = parse_log_level(*s))
+        c.loglevel = *l;
+    else
+        r.error(node, "'loglevel' must be debug, info, warning or error, not '" + *s + "'");
 }
 
-const std::vector<std::string_view> kTopKeys = {
-    "loglevel", "routing_keys", "runtime_dir", "loopers", "ansible", "executor"};
+const std::vector<std::string_view> kTopKeys = {"loglevel", "routing_keys", "runtime_dir",
+                                                "loopers",  "ansible",      "executor"};
 
 void read_current(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "loopabull";
     r.mapping(root, "the configuration", kTopKeys);
     if (auto v = root["loglevel"]) read_loglevel(r, v, c);
-    if (auto v = root["routing_keys"]) read_routing_keys(r, v, c);
-    else r.error(root, "missing 'routing_keys' (use [all] to route every key)");
+    if (auto v = root["routing_keys"])
+        read_routing_keys(r, v, c);
+    else
+        r.error(root, "missing 'routing_keys' (use [all] to route every key)");
     if (auto v = root["runtime_dir"]) {
         if (auto p = r.nonempty(v, "runtime_dir")) c.runtime_dir = r.path(*p);
     }
-    if (auto v = root["loopers"]) read_loopers(r, v, c);
-    else r.error(root, "no 'loopers' configured: loopabull needs at least one looper");
-    if (auto v = root["ansible"]) read_ansible(r, v, c);
-    else r.error(root, "missing the 'ansible' section (playbooks_dir at least)");
+    if (auto v = root["loopers"])
+        read_loopers(r, v, c);
+    else
+        r.error(root, "no 'loopers' configured: loopabull needs at least one looper");
+    if (auto v = root["ansible"])
+        read_ansible(r, v, c);
+    else
+        r.error(root, "missing the 'ansible' section (playbooks_dir at least)");
     if (auto v = root["executor"]) read_executor(r, v, c);
 }
 
@@ -616,7 +652,8 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
 std::vector<std::string> split_words(const std::string& s) {
     std::istringstream in(s);
     std::vector<std::string> words;
-    for (std::string w; in >> w;) words.push_back(w);
+    for (std::string w; in >> w;)
+        words.push_back(w);
     return words;
 }
 
@@ -627,7 +664,8 @@ void read_legacy_ansible(Reader& r, const YAML::Node& node, Config& c) {
         if (auto s = r.nonempty(v, "playbook_cmd")) c.ansible.playbook_cmd = split_words(*s);
     }
     if (c.ansible.playbook_cmd.empty()) c.ansible.playbook_cmd = {"/usr/bin/ansible-playbook"};
-    resolve_playbook_cmd(r, node["playbook_cmd"] ? node["playbook_cmd"] : node, c.ansible.playbook_cmd);
+    resolve_playbook_cmd(r, node["playbook_cmd"] ? node["playbook_cmd"] : node,
+                         c.ansible.playbook_cmd);
     if (auto v = node["cfg_file_path"]) read_cfg_file(r, v, c);
     if (auto v = node["inventory_path"]) read_inventory(r, v, "inventory_path", c);
     if (auto v = node["modules_dir"]) {
@@ -659,20 +697,26 @@ void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "legacy-readme";
     r.mapping(root, "the configuration", kReadmeKeys);
     if (auto v = root["loglevel"]) read_loglevel(r, v, c);
-    if (!root["plugin"]) r.error(root, "missing 'plugin' (the looper to run)");
+    if (!root["plugin"])
+        r.error(root, "missing 'plugin' (the looper to run)");
     else if (auto name = r.nonempty(root["plugin"], "plugin"))
         add_legacy_looper(r, root["plugin"], *name, json::object(), c);
     if (auto v = root["path_translator"]) read_layout(r, v, "path_translator", c);
-    if (auto v = root["routing_keys"]) read_routing_keys(r, v, c);
-    else r.error(root, "missing 'routing_keys'");
-    if (auto v = root["ansible"]) read_legacy_ansible(r, v, c);
-    else r.error(root, "missing the 'ansible' section");
+    if (auto v = root["routing_keys"])
+        read_routing_keys(r, v, c);
+    else
+        r.error(root, "missing 'routing_keys'");
+    if (auto v = root["ansible"])
+        read_legacy_ansible(r, v, c);
+    else
+        r.error(root, "missing the 'ansible' section");
 }
 
 void read_legacy_plugins(Reader& r, const YAML::Node& node, Config& c) {
     if (!r.mapping(node, "'plugins'", {"looper", "translator"})) return;
     auto looper = node["looper"];
-    if (!looper) r.error(node, "'plugins' has no 'looper'");
+    if (!looper)
+        r.error(node, "'plugins' has no 'looper'");
     else if (looper.IsMap() && looper["name"]) {
         auto name = r.nonempty(looper["name"], "name");
         json options = r.to_json(looper);
@@ -695,10 +739,14 @@ void read_legacy_007(Reader& r, const YAML::Node& root, Config& c) {
     r.mapping(root, "the configuration", kLegacyKeys);
     if (auto v = root["loglevel"]) read_loglevel(r, v, c);
     read_legacy_plugins(r, root["plugins"], c);
-    if (auto v = root["routing_keys"]) read_routing_keys(r, v, c);
-    else r.error(root, "missing 'routing_keys'");
-    if (auto v = root["ansible"]) read_legacy_ansible(r, v, c);
-    else r.error(root, "missing the 'ansible' section");
+    if (auto v = root["routing_keys"])
+        read_routing_keys(r, v, c);
+    else
+        r.error(root, "missing 'routing_keys'");
+    if (auto v = root["ansible"])
+        read_legacy_ansible(r, v, c);
+    else
+        r.error(root, "missing the 'ansible' section");
 }
 
 void read_document(Reader& r, const YAML::Node& root, Config& c) {
@@ -708,7 +756,8 @@ void read_document(Reader& r, const YAML::Node& root, Config& c) {
     }
     bool has_new = root["loopers"] || root["executor"] || root["runtime_dir"];
     if (root["plugins"] && !has_new) return read_legacy_007(r, root, c);
-    if ((root["plugin"] || root["path_translator"]) && !has_new) return read_legacy_readme(r, root, c);
+    if ((root["plugin"] || root["path_translator"]) && !has_new)
+        return read_legacy_readme(r, root, c);
     if (root["plugins"] || root["plugin"])
         r.error(root, "this file mixes the legacy 'plugin'/'plugins' keys with 'loopers': "
                       "use one dialect");
@@ -738,7 +787,8 @@ std::optional<std::uint64_t> parse_size(std::string_view text, std::string* erro
 
 std::optional<LogLevel> parse_log_level(std::string_view text) {
     std::string s(text);
-    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    std::transform(s.begin(), s.end(), s.begin(),
+                   [](unsigned char ch) { return std::tolower(ch); });
     if (s == "debug") return LogLevel::debug;
     if (s == "info") return LogLevel::info;
     if (s == "warning" || s == "warn") return LogLevel::warning;
@@ -773,7 +823,8 @@ ConfigLoad parse_config(const std::string& text, const std::string& path,
 
 ConfigLoad load_config(const std::string& path, const LoadOptions& options) {
     std::ifstream in(path);
-    if (!in) return {std::nullopt, {{path, 0, 0, std::string("cannot read: ") + std::strerror(errno)}}};
+    if (!in)
+        return {std::nullopt, {{path, 0, 0, std::string("cannot read: ") + std::strerror(errno)}}};
     std::stringstream ss;
     ss << in.rdbuf();
     return parse_config(ss.str(), path, options);

@@ -22,12 +22,12 @@ struct Executor::Run {
     usec kill_grace{};
     bool timed_out = false;
     bool cancelled = false;
-    std::string unit;      // its scope, once asked for
+    std::string unit;               // its scope, once asked for
     ScopeManager* scopes = nullptr; // kept: a reload may switch the executor to direct
-    bool in_scope = false; // released into its scope
-    UniqueFd release;      // write a byte to let the child go on
-    std::string failure;   // why the job could not run (scope creation)
-    UniqueFd spawn_report; // a failure before execve, for jobs released later
+    bool in_scope = false;          // released into its scope
+    UniqueFd release;               // write a byte to let the child go on
+    std::string failure;            // why the job could not run (scope creation)
+    UniqueFd spawn_report;          // a failure before execve, for jobs released later
     std::string program;
     UniqueFd output;
     LineReader lines{16 * 1024};
@@ -102,7 +102,8 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
     auto out = make_pipe(true, false);
     std::optional<Pipe> gate;
     std::string header;
-    SpawnSpec s{spec.argv, spec.env, -1, out.write.get(), out.write.get(), -1, true, SIGKILL, spec.sandbox};
+    SpawnSpec s{spec.argv, spec.env, -1,      out.write.get(), out.write.get(),
+                -1,        true,     SIGKILL, spec.sandbox};
     if (scope_) {
         // The child waits until its scope exists, so that everything it forks lands there.
         gate = make_pipe(false, false);
@@ -113,7 +114,8 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
     }
     auto child = spawn(s);
     if (child.pid < 0)
-        return std::string(child.stage) + " " + spec.argv[0] + " failed: " + std::strerror(child.error);
+        return std::string(child.stage) + " " + spec.argv[0] +
+               " failed: " + std::strerror(child.error);
     auto run = std::make_unique<Run>();
     run->owner = this;
     run->id = spec.id;
@@ -142,8 +144,9 @@ void Executor::create_scope(Run& r, const JobSpec& spec) {
     props.runtime_max = spec.timeout + spec.kill_grace + kRuntimeMargin;
     props.stop_timeout = spec.kill_grace;
     JobId id = spec.id;
-    scope_->scopes->start(r.unit, r.pid, props,
-                          [this, id](std::optional<std::string> error) { scope_ready(id, std::move(error)); });
+    scope_->scopes->start(r.unit, r.pid, props, [this, id](std::optional<std::string> error) {
+        scope_ready(id, std::move(error));
+    });
 }
 
 void Executor::scope_ready(JobId id, std::optional<std::string> error) {
@@ -160,7 +163,8 @@ void Executor::scope_ready(JobId id, std::optional<std::string> error) {
     }
     if (scope_ && scope_->fallback_direct) {
         spdlog::error("job {}: cannot create scope {}: {}; RUNNING IT WITHOUT A SCOPE "
-                      "(executor.on_scope_failure: direct)", id, r.unit, *error);
+                      "(executor.on_scope_failure: direct)",
+                      id, r.unit, *error);
         r.unit.clear();
         return r.release_child();
     }
@@ -172,16 +176,19 @@ void Executor::scope_ready(JobId id, std::optional<std::string> error) {
 void Executor::add_sources(Run& r, usec timeout) {
     sd_event_source* s = nullptr;
     auto check = [&](int rc, SourcePtr& slot, const char* what) {
-        if (rc < 0) throw std::system_error(-rc, std::generic_category(), "adding job event source");
+        if (rc < 0)
+            throw std::system_error(-rc, std::generic_category(), "adding job event source");
         slot.reset(s);
         describe(s, r.id, what);
     };
-    check(sd_event_add_io(event_, &s, r.output.get(), EPOLLIN, on_output, &r), r.output_source, "output");
+    check(sd_event_add_io(event_, &s, r.output.get(), EPOLLIN, on_output, &r), r.output_source,
+          "output");
     check(sd_event_add_child(event_, &s, r.pid, WEXITED, on_exit, &r), r.child_source, "process");
-    check(sd_event_add_time_relative(event_, &s, CLOCK_MONOTONIC, static_cast<uint64_t>(timeout.count()), 0,
-                                     on_timeout, &r),
+    check(sd_event_add_time_relative(event_, &s, CLOCK_MONOTONIC,
+                                     static_cast<uint64_t>(timeout.count()), 0, on_timeout, &r),
           r.timeout_timer, "timeout");
-    check(sd_event_add_time(event_, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_kill, &r), r.kill_timer, "kill");
+    check(sd_event_add_time(event_, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_kill, &r), r.kill_timer,
+          "kill");
     sd_event_source_set_enabled(r.kill_timer.get(), SD_EVENT_OFF);
 }
 
@@ -213,7 +220,8 @@ void Executor::finish(Run& run, const siginfo_t& si) {
     auto outcome = outcome_of(si, run.timed_out, run.cancelled);
     if (run.spawn_report && run.failure.empty())
         run.failure = read_spawn_failure(run.spawn_report.get(), run.program).value_or("");
-    if (!run.failure.empty() && !run.cancelled) outcome = {Result::failed, std::nullopt, run.failure, {}};
+    if (!run.failure.empty() && !run.cancelled)
+        outcome = {Result::failed, std::nullopt, run.failure, {}};
     if (run.in_scope) outcome.unit = run.unit;
     JobId id = run.id;
     runs_.erase(id);
@@ -224,12 +232,14 @@ void Executor::terminate(Run& run) {
     if (run.in_scope) {
         run.scopes->stop(run.unit); // every process of the scope, SIGKILL after kill_grace
     } else if (run.release) {
-        kill(run.pid, SIGKILL);         // still waiting for its scope: nothing has run yet
+        kill(run.pid, SIGKILL); // still waiting for its scope: nothing has run yet
         return;
     } else if (kill(-run.pid, SIGTERM) < 0 && errno != ESRCH) {
-        spdlog::error("job {}: cannot signal process group {}: {}", run.id, run.pid, std::strerror(errno));
+        spdlog::error("job {}: cannot signal process group {}: {}", run.id, run.pid,
+                      std::strerror(errno));
     }
-    sd_event_source_set_time_relative(run.kill_timer.get(), static_cast<uint64_t>(run.kill_grace.count()));
+    sd_event_source_set_time_relative(run.kill_timer.get(),
+                                      static_cast<uint64_t>(run.kill_grace.count()));
     sd_event_source_set_enabled(run.kill_timer.get(), SD_EVENT_ONESHOT);
 }
 
@@ -237,7 +247,8 @@ int Executor::on_timeout(sd_event_source*, uint64_t, void* userdata) noexcept {
     auto run = static_cast<Run*>(userdata);
     log::Fields f{.job = run->name, .routing_key = run->routing_key};
     log::Scope scope(f);
-    spdlog::warn("job {} ({}) reached its timeout; stopping its processes", run->id, run->routing_key);
+    spdlog::warn("job {} ({}) reached its timeout; stopping its processes", run->id,
+                 run->routing_key);
     run->timed_out = true;
     run->owner->terminate(*run);
     return 0;

@@ -3,9 +3,9 @@
 
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
-#include <systemd/sd-journal.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <systemd/sd-journal.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -23,16 +23,21 @@ bool g_journal = false;
 int syslog_priority(spdlog::level::level_enum l) {
     switch (l) {
     case spdlog::level::trace:
-    case spdlog::level::debug: return 7;
-    case spdlog::level::info: return 6;
-    case spdlog::level::warn: return 4;
-    case spdlog::level::err: return 3;
-    default: return 2;
+    case spdlog::level::debug:
+        return 7;
+    case spdlog::level::info:
+        return 6;
+    case spdlog::level::warn:
+        return 4;
+    case spdlog::level::err:
+        return 3;
+    default:
+        return 2;
     }
 }
 
 class JournalSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
-protected:
+  protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
         std::vector<std::string> fields;
         fields.push_back("MESSAGE=" + std::string(msg.payload.data(), msg.payload.size()));
@@ -45,7 +50,8 @@ protected:
                 fields.push_back("LOOPABULL_ROUTING_KEY=" + std::string(f->routing_key));
         }
         std::vector<iovec> iov;
-        for (auto& s : fields) iov.push_back({s.data(), s.size()});
+        for (auto& s : fields)
+            iov.push_back({s.data(), s.size()});
         sd_journal_sendv(iov.data(), static_cast<int>(iov.size()));
     }
     void flush_() override {}
@@ -55,7 +61,7 @@ protected:
 bool stderr_is_journal() {
     const char* env = std::getenv("JOURNAL_STREAM");
     if (!env) return false;
-    struct stat st{};
+    struct stat st {};
     if (fstat(STDERR_FILENO, &st) < 0) return false;
     unsigned long long dev = 0, ino = 0;
     if (std::sscanf(env, "%llu:%llu", &dev, &ino) != 2) return false;
@@ -64,28 +70,42 @@ bool stderr_is_journal() {
 
 spdlog::level::level_enum to_spdlog(LogLevel l) {
     switch (l) {
-    case LogLevel::debug: return spdlog::level::debug;
-    case LogLevel::info: return spdlog::level::info;
-    case LogLevel::warning: return spdlog::level::warn;
-    case LogLevel::error: return spdlog::level::err;
+    case LogLevel::debug:
+        return spdlog::level::debug;
+    case LogLevel::info:
+        return spdlog::level::info;
+    case LogLevel::warning:
+        return spdlog::level::warn;
+    case LogLevel::error:
+        return spdlog::level::err;
     }
     return spdlog::level::info;
 }
 
 } // namespace
 
-Scope::Scope(const Fields& f) noexcept : previous_(g_fields) { g_fields = &f; }
-Scope::~Scope() { g_fields = previous_; }
+Scope::Scope(const Fields& f) noexcept : previous_(g_fields) {
+    g_fields = &f;
+}
+Scope::~Scope() {
+    g_fields = previous_;
+}
 
-const Fields* current() noexcept { return g_fields; }
+const Fields* current() noexcept {
+    return g_fields;
+}
 
-bool to_journal() noexcept { return g_journal; }
+bool to_journal() noexcept {
+    return g_journal;
+}
 
 void setup(LogLevel level) {
     g_journal = stderr_is_journal();
     spdlog::sink_ptr sink;
-    if (g_journal) sink = std::make_shared<JournalSink>();
-    else sink = std::make_shared<spdlog::sinks::stderr_sink_st>();
+    if (g_journal)
+        sink = std::make_shared<JournalSink>();
+    else
+        sink = std::make_shared<spdlog::sinks::stderr_sink_st>();
     auto logger = std::make_shared<spdlog::logger>("loopabull", sink);
     logger->set_pattern(g_journal ? "%v" : "%Y-%m-%d %H:%M:%S.%e %-7l %v");
     logger->flush_on(spdlog::level::trace);
@@ -93,6 +113,8 @@ void setup(LogLevel level) {
     set_level(level);
 }
 
-void set_level(LogLevel level) { spdlog::set_level(to_spdlog(level)); }
+void set_level(LogLevel level) {
+    spdlog::set_level(to_spdlog(level));
+}
 
 } // namespace loopabull::log

@@ -31,7 +31,8 @@ std::uint64_t g_next_generation = 1;
 std::uint64_t now_usec() {
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
 }
 
 void describe(sd_event_source* s, const std::string& looper, const char* what) {
@@ -43,16 +44,32 @@ std::string exit_description(const siginfo_t& si) {
     return std::string("was killed by SIG") + sigabbrev_np(si.si_status);
 }
 
+// Every C callback: an exception is logged once, here, and never crosses into sd-event.
+template <typename F> int guarded(const Looper& looper, const char* what, F&& f) noexcept {
+    try {
+        f();
+    } catch (const std::exception& e) {
+        spdlog::error("looper {}: {}: {}", looper.name(), what, e.what());
+    }
+    return 0;
+}
+
 } // namespace
 
 std::string_view to_string(LooperState s) noexcept {
     switch (s) {
-    case LooperState::starting: return "starting";
-    case LooperState::running: return "running";
-    case LooperState::backoff: return "backoff";
-    case LooperState::failed: return "failed";
-    case LooperState::stopping: return "stopping";
-    case LooperState::stopped: return "stopped";
+    case LooperState::starting:
+        return "starting";
+    case LooperState::running:
+        return "running";
+    case LooperState::backoff:
+        return "backoff";
+    case LooperState::failed:
+        return "failed";
+    case LooperState::stopping:
+        return "stopping";
+    case LooperState::stopped:
+        return "stopped";
     }
     return "stopped";
 }
@@ -72,7 +89,8 @@ Looper::Looper(sd_event* event, LooperHost& host, LooperConfig config, std::stri
         sd_event_source_set_enabled(s, SD_EVENT_OFF);
         describe(s, config_.name, "timer");
     }
-    if (!defer_ || !timer_) throw std::runtime_error("cannot create event sources for looper " + config_.name);
+    if (!defer_ || !timer_)
+        throw std::runtime_error("cannot create event sources for looper " + config_.name);
 }
 
 Looper::~Looper() {
@@ -116,13 +134,13 @@ void Looper::spawn() {
     auto err = make_pipe(true, false);
     auto memfd = config_memfd();
     SpawnSpec spec{config_.command, environment(), in.read.get(), out.write.get(),
-                   err.write.get(), memfd.get(), false, SIGTERM};
+                   err.write.get(), memfd.get(),   false,         SIGTERM};
     auto child = loopabull::spawn(spec);
     log::Fields f{.looper = config_.name};
     log::Scope scope(f);
     if (child.pid < 0) {
-        spdlog::error("looper {}: {} {} failed: {}", config_.name, child.stage,
-                      config_.command[0], std::strerror(child.error));
+        spdlog::error("looper {}: {} {} failed: {}", config_.name, child.stage, config_.command[0],
+                      std::strerror(child.error));
         started_at_ = now_usec();
         schedule_restart();
         return;
@@ -142,13 +160,17 @@ void Looper::spawn() {
 
     sd_event_source* s = nullptr;
     auto check = [&](int r, SourcePtr& slot, const char* what) {
-        if (r < 0) throw std::system_error(-r, std::generic_category(), "adding looper event source");
+        if (r < 0)
+            throw std::system_error(-r, std::generic_category(), "adding looper event source");
         slot.reset(s);
         describe(s, config_.name, what);
     };
-    check(sd_event_add_io(event_, &s, stdout_.get(), EPOLLIN, on_stdout, this), stdout_source_, "stdout");
-    check(sd_event_add_io(event_, &s, stderr_.get(), EPOLLIN, on_stderr, this), stderr_source_, "stderr");
-    check(sd_event_add_io(event_, &s, stdin_.get(), EPOLLOUT, on_stdin, this), stdin_source_, "stdin");
+    check(sd_event_add_io(event_, &s, stdout_.get(), EPOLLIN, on_stdout, this), stdout_source_,
+          "stdout");
+    check(sd_event_add_io(event_, &s, stderr_.get(), EPOLLIN, on_stderr, this), stderr_source_,
+          "stderr");
+    check(sd_event_add_io(event_, &s, stdin_.get(), EPOLLOUT, on_stdin, this), stdin_source_,
+          "stdin");
     sd_event_source_set_enabled(stdin_source_.get(), SD_EVENT_OFF);
     check(sd_event_add_child(event_, &s, pid_, WEXITED, on_exit, this), child_source_, "process");
     set_reading(!paused_);
@@ -176,23 +198,15 @@ void Looper::resume() {
 
 int Looper::on_deferred(sd_event_source*, void* userdata) noexcept {
     auto self = static_cast<Looper*>(userdata);
-    try {
+    return guarded(*self, "resuming", [&] {
         self->dispatch_lines();
         self->maybe_finished();
-    } catch (const std::exception& e) {
-        spdlog::error("looper {}: {}", self->name(), e.what());
-    }
-    return 0;
+    });
 }
 
 int Looper::on_stdout(sd_event_source*, int, uint32_t, void* userdata) noexcept {
     auto self = static_cast<Looper*>(userdata);
-    try {
-        self->read_stdout();
-    } catch (const std::exception& e) {
-        spdlog::error("looper {}: reading events: {}", self->name(), e.what());
-    }
-    return 0;
+    return guarded(*self, "reading events", [&] { self->read_stdout(); });
 }
 
 void Looper::read_stdout() {
@@ -218,7 +232,8 @@ void Looper::read_stdout() {
 void Looper::warn_partial_line() {
     auto bytes = events_reader_.partial_bytes();
     if (bytes > 0)
-        spdlog::warn("looper {}: discarding a partial last line ({} bytes) at end of output", name(), bytes);
+        spdlog::warn("looper {}: discarding a partial last line ({} bytes) at end of output",
+                     name(), bytes);
 }
 
 void Looper::dispatch_lines() {
@@ -233,12 +248,7 @@ void Looper::dispatch_lines() {
 
 int Looper::on_stderr(sd_event_source*, int, uint32_t, void* userdata) noexcept {
     auto self = static_cast<Looper*>(userdata);
-    try {
-        self->read_stderr();
-    } catch (const std::exception& e) {
-        spdlog::error("looper {}: reading stderr: {}", self->name(), e.what());
-    }
-    return 0;
+    return guarded(*self, "reading stderr", [&] { self->read_stderr(); });
 }
 
 void Looper::read_stderr() {
@@ -286,23 +296,20 @@ void Looper::flush_answers() {
         stdin_.reset();
     }
     bool waiting = !outbox_.empty() && stdin_;
-    if (stdin_source_) sd_event_source_set_enabled(stdin_source_.get(), waiting ? SD_EVENT_ON : SD_EVENT_OFF);
+    if (stdin_source_)
+        sd_event_source_set_enabled(stdin_source_.get(), waiting ? SD_EVENT_ON : SD_EVENT_OFF);
     if (outbox_.size() > kOutboxLimit && !outbox_warned_) {
         outbox_warned_ = true;
         spdlog::warn("looper {} does not read its answers ({} bytes waiting); its events are not "
-                     "read until it does", name(), outbox_.size());
+                     "read until it does",
+                     name(), outbox_.size());
     }
     if (outbox_.size() <= kOutboxLimit && !paused_) resume();
 }
 
 int Looper::on_exit(sd_event_source*, const siginfo_t* si, void* userdata) noexcept {
     auto self = static_cast<Looper*>(userdata);
-    try {
-        self->process_exited(*si);
-    } catch (const std::exception& e) {
-        spdlog::error("looper {}: {}", self->name(), e.what());
-    }
-    return 0;
+    return guarded(*self, "handling its exit", [&] { self->process_exited(*si); });
 }
 
 void Looper::process_exited(const siginfo_t& si) {
@@ -311,8 +318,10 @@ void Looper::process_exited(const siginfo_t& si) {
     exited_ = true;
     child_source_.reset();
     bool expected = state_ == LooperState::stopping;
-    if (expected) spdlog::info("looper {} (pid {}) {}", name(), pid_, exit_description(si));
-    else spdlog::warn("looper {} (pid {}) {}", name(), pid_, exit_description(si));
+    if (expected)
+        spdlog::info("looper {} (pid {}) {}", name(), pid_, exit_description(si));
+    else
+        spdlog::warn("looper {} (pid {}) {}", name(), pid_, exit_description(si));
     // What it wrote before it died is still taken (within the pipe's capacity); only a
     // descendant could still hold the pipe, and it is not waited for.
     if (stdout_) {
@@ -375,12 +384,7 @@ void Looper::arm_timer(usec delay) {
 
 int Looper::on_timer(sd_event_source*, uint64_t, void* userdata) noexcept {
     auto self = static_cast<Looper*>(userdata);
-    try {
-        self->timer_fired();
-    } catch (const std::exception& e) {
-        spdlog::error("looper {}: {}", self->name(), e.what());
-    }
-    return 0;
+    return guarded(*self, "timer", [&] { self->timer_fired(); });
 }
 
 void Looper::timer_fired() {
@@ -391,7 +395,8 @@ void Looper::timer_fired() {
     }
     if (state_ != LooperState::stopping || exited_) return;
     int sig = stop_phase_ == 0 ? SIGTERM : SIGKILL;
-    spdlog::warn("looper {} (pid {}) has not exited; sending SIG{}", name(), pid_, sigabbrev_np(sig));
+    spdlog::warn("looper {} (pid {}) has not exited; sending SIG{}", name(), pid_,
+                 sigabbrev_np(sig));
     kill(-pid_, sig);
     if (++stop_phase_ < 2) arm_timer(kStopStep);
 }

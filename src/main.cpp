@@ -68,11 +68,11 @@ BusKind parse_bus(const std::string& s) {
     usage_error("invalid --bus '" + s + "': system, user or none");
 }
 
-
 bool valid_instance(const std::string& s) {
     return !s.empty() && s.size() <= 64 && s[0] != '.' && s[0] != '-' &&
            std::all_of(s.begin(), s.end(), [](char c) {
-               return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+               return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' ||
+                      c == '.';
            });
 }
 
@@ -89,17 +89,31 @@ Args parse_args(int argc, char** argv) {
     int c;
     while ((c = getopt_long(argc, argv, "i:l:b:cphV", longopts, nullptr)) != -1) {
         switch (c) {
-        case 'i': a.options.instance = optarg; break;
+        case 'i':
+            a.options.instance = optarg;
+            break;
         case 'l':
             a.options.log_level = parse_log_level(optarg);
-            if (!a.options.log_level) usage_error(std::string("invalid log level '") + optarg + "'");
+            if (!a.options.log_level)
+                usage_error(std::string("invalid log level '") + optarg + "'");
             break;
-        case 'b': a.bus = optarg; break;
-        case 'c': a.check = true; break;
-        case 'p': a.print_seccomp = true; break;
-        case 'h': std::fputs(kUsage, stdout); std::exit(0);
-        case 'V': std::printf("loopabull %s\n", LOOPABULL_VERSION); std::exit(0);
-        default: usage_error("invalid arguments");
+        case 'b':
+            a.bus = optarg;
+            break;
+        case 'c':
+            a.check = true;
+            break;
+        case 'p':
+            a.print_seccomp = true;
+            break;
+        case 'h':
+            std::fputs(kUsage, stdout);
+            std::exit(0);
+        case 'V':
+            std::printf("loopabull %s\n", LOOPABULL_VERSION);
+            std::exit(0);
+        default:
+            usage_error("invalid arguments");
         }
     }
     if (a.print_seccomp && optind == argc) return a;
@@ -121,7 +135,8 @@ int print_seccomp_policy(const Args& args) {
     std::string source = "the default policy";
     if (!args.options.config_path.empty()) {
         auto load = load_config(args.options.config_path, {args.options.looper_dir, true});
-        for (auto& e : load.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+        for (auto& e : load.errors)
+            std::fprintf(stderr, "%s\n", e.str().c_str());
         if (!load.config) return 1;
         policy = load.config->executor.seccomp_policy;
         source = "executor.seccomp: " + load.config->executor.seccomp;
@@ -144,15 +159,18 @@ int main(int argc, char** argv) {
     if (args.print_seccomp) return print_seccomp_policy(args);
     auto load = load_config(args.options.config_path, {args.options.looper_dir, true});
     if (args.check) {
-        for (auto& e : load.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+        for (auto& e : load.errors)
+            std::fprintf(stderr, "%s\n", e.str().c_str());
         if (!load.config) return 1;
         std::printf("%s: OK (%s dialect, %zu looper(s))\n", args.options.config_path.c_str(),
                     load.config->dialect.c_str(), load.config->loopers.size());
         return 0;
     }
-    log::setup(args.options.log_level.value_or(load.config ? load.config->loglevel : LogLevel::info));
+    log::setup(
+        args.options.log_level.value_or(load.config ? load.config->loglevel : LogLevel::info));
     if (!load.config) {
-        for (auto& e : load.errors) spdlog::error("{}", e.str());
+        for (auto& e : load.errors)
+            spdlog::error("{}", e.str());
         spdlog::error("not starting: {} problem(s) in the configuration", load.errors.size());
         return 1;
     }

@@ -45,16 +45,19 @@ void check(int r, const std::string& what) {
 // The playbook sees the supervisor's locale, home and path, nothing else it did not ask for;
 // ansible.environment may override any of these.
 std::vector<std::string> playbook_environment(const AnsibleConfig& a) {
-    static constexpr const char* keep[] = {"PATH", "HOME",    "LANG", "LC_ALL", "LC_CTYPE",
-                                           "LANGUAGE", "USER", "LOGNAME", "TZ", "SSH_AUTH_SOCK"};
+    static constexpr const char* keep[] = {"PATH",     "HOME",         "LANG", "LC_ALL",
+                                           "LC_CTYPE", "LANGUAGE",     "USER", "LOGNAME",
+                                           "TZ",       "SSH_AUTH_SOCK"};
     std::map<std::string, std::string> vars;
     for (auto name : keep)
         if (const char* v = std::getenv(name)) vars[name] = v;
     vars.try_emplace("PATH", "/usr/local/bin:/usr/bin:/bin");
     if (a.cfg_file_path) vars["ANSIBLE_CONFIG"] = *a.cfg_file_path;
-    for (auto& [k, v] : a.environment) vars[k] = v;
+    for (auto& [k, v] : a.environment)
+        vars[k] = v;
     std::vector<std::string> env;
-    for (auto& [k, v] : vars) env.push_back(k + "=" + v);
+    for (auto& [k, v] : vars)
+        env.push_back(k + "=" + v);
     return env;
 }
 
@@ -63,10 +66,11 @@ void make_private_dir(const std::string& path) {
     std::error_code ec;
     std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
     if (mkdir(path.c_str(), 0700) < 0 && errno != EEXIST) fail(errno, "creating " + path);
-    struct stat st{};
+    struct stat st {};
     if (lstat(path.c_str(), &st) < 0) fail(errno, path);
     if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid())
-        throw std::runtime_error(path + " is not a directory owned by this user; refusing to use it");
+        throw std::runtime_error(path +
+                                 " is not a directory owned by this user; refusing to use it");
     if ((st.st_mode & 0077) != 0 && chmod(path.c_str(), 0700) < 0) fail(errno, "chmod " + path);
 }
 
@@ -75,7 +79,8 @@ std::string default_runtime_dir(const std::string& instance) {
         std::string dirs(rd);
         return dirs.substr(0, dirs.find(':'));
     }
-    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR")) return std::string(xdg) + "/loopabull/" + instance;
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"))
+        return std::string(xdg) + "/loopabull/" + instance;
     auto base = "/tmp/loopabull-" + std::to_string(geteuid());
     make_private_dir(base);
     return base + "/" + instance;
@@ -107,7 +112,8 @@ UniqueFd open_playbooks_dir(const std::string& dir) {
 std::uint64_t now_realtime_usec() {
     timespec ts{};
     clock_gettime(CLOCK_REALTIME, &ts);
-    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
 }
 
 // GetJob answers for this many finished jobs.
@@ -115,7 +121,8 @@ constexpr std::size_t kHistory = 1000;
 
 std::string result_message(const Outcome& o) {
     std::string s(to_string(o.result));
-    if (o.exit_code && o.result != Result::succeeded) s += " (exit code " + std::to_string(*o.exit_code) + ")";
+    if (o.exit_code && o.result != Result::succeeded)
+        s += " (exit code " + std::to_string(*o.exit_code) + ")";
     if (!o.error.empty()) s += ": " + o.error;
     return s;
 }
@@ -124,10 +131,14 @@ std::string result_message(const Outcome& o) {
 
 std::string_view to_string(ManagerState s) noexcept {
     switch (s) {
-    case ManagerState::starting: return "starting";
-    case ManagerState::running: return "running";
-    case ManagerState::paused: return "paused";
-    case ManagerState::stopping: return "stopping";
+    case ManagerState::starting:
+        return "starting";
+    case ManagerState::running:
+        return "running";
+    case ManagerState::paused:
+        return "paused";
+    case ManagerState::stopping:
+        return "stopping";
     }
     return "running";
 }
@@ -143,7 +154,8 @@ Manager::~Manager() {
 void Manager::setup_event_loop() {
     sigset_t mask;
     sigemptyset(&mask);
-    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) sigaddset(&mask, sig);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD})
+        sigaddset(&mask, sig);
     check(sigprocmask(SIG_BLOCK, &mask, nullptr) < 0 ? -errno : 0, "sigprocmask");
     // A looper that closes its stdin must not kill the supervisor with SIGPIPE.
     signal(SIGPIPE, SIG_IGN);
@@ -152,18 +164,20 @@ void Manager::setup_event_loop() {
     check(sd_event_new(&e), "sd_event_new");
     event_.reset(e);
     sd_event_source* s = nullptr;
-    for (auto [sig, slot, name] : {std::tuple{SIGTERM, &sigterm_, "signal-term"},
-                                   std::tuple{SIGINT, &sigint_, "signal-int"},
-                                   std::tuple{SIGHUP, &sighup_, "signal-hup"}}) {
+    for (auto [sig, slot, name] :
+         {std::tuple{SIGTERM, &sigterm_, "signal-term"}, std::tuple{SIGINT, &sigint_, "signal-int"},
+          std::tuple{SIGHUP, &sighup_, "signal-hup"}}) {
         check(sd_event_add_signal(e, &s, sig, on_signal, this), "sd_event_add_signal");
         slot->reset(s);
         sd_event_source_set_description(s, name);
     }
-    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_stop_timeout, this), "stop timer");
+    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_stop_timeout, this),
+          "stop timer");
     stop_timer_.reset(s);
     sd_event_source_set_description(s, "stop-timeout");
     sd_event_source_set_enabled(s, SD_EVENT_OFF);
-    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_status_timer, this), "status timer");
+    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_status_timer, this),
+          "status timer");
     status_timer_.reset(s);
     sd_event_source_set_description(s, "status");
     sd_event_source_set_enabled(s, SD_EVENT_OFF);
@@ -223,8 +237,10 @@ Sandbox make_sandbox(const ExecutorConfig& e) {
     rlimit rl{};
     getrlimit(RLIMIT_NOFILE, &rl);
     sb.limit_nofile = std::min<std::uint64_t>(e.limit_nofile, rl.rlim_max);
-    if (e.seccomp_policy) sb.seccomp = compile_seccomp(*e.seccomp_policy);
-    else spdlog::warn("seccomp is off: playbooks run without a system call filter");
+    if (e.seccomp_policy)
+        sb.seccomp = compile_seccomp(*e.seccomp_policy);
+    else
+        spdlog::warn("seccomp is off: playbooks run without a system call filter");
     return sb;
 }
 
@@ -327,7 +343,8 @@ void Manager::reload() {
     LoadOptions lo{options_.looper_dir, true};
     auto load = load_config(options_.config_path, lo);
     if (!load.config) {
-        for (auto& e : load.errors) spdlog::error("{}", e.str());
+        for (auto& e : load.errors)
+            spdlog::error("{}", e.str());
         spdlog::error("reload failed with {} problem(s); keeping the current configuration",
                       load.errors.size());
     } else if (load.config->runtime_dir != config_.runtime_dir) {
@@ -347,8 +364,10 @@ void Manager::reload() {
 int Manager::on_signal(sd_event_source*, const signalfd_siginfo* si, void* userdata) noexcept {
     auto self = static_cast<Manager*>(userdata);
     try {
-        if (si->ssi_signo == SIGHUP) self->reload();
-        else self->begin_stop();
+        if (si->ssi_signo == SIGHUP)
+            self->reload();
+        else
+            self->begin_stop();
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         return sd_event_exit(self->event_.get(), 1);
@@ -366,7 +385,8 @@ void Manager::begin_stop() {
     spdlog::info("stopping: no new events; {} running job(s) may finish, {} queued are cancelled",
                  scheduler_.running(), scheduler_.queued());
     update_intake();
-    for (auto id : scheduler_.take_queued()) complete(id, {Result::cancelled, std::nullopt, {}, {}});
+    for (auto id : scheduler_.take_queued())
+        complete(id, {Result::cancelled, std::nullopt, {}, {}});
     if (scheduler_.running() == 0) return stop_loopers();
     sd_event_source_set_time_relative(stop_timer_.get(),
                                       static_cast<uint64_t>(config_.executor.stop_timeout.count()));
@@ -376,7 +396,8 @@ void Manager::begin_stop() {
 int Manager::on_stop_timeout(sd_event_source*, uint64_t, void* userdata) noexcept {
     auto self = static_cast<Manager*>(userdata);
     spdlog::warn("stop_timeout reached: cancelling {} running job(s)", self->scheduler_.running());
-    for (auto& [id, job] : self->jobs_) self->executor_->cancel(id);
+    for (auto& [id, job] : self->jobs_)
+        self->executor_->cancel(id);
     return 0;
 }
 
@@ -388,8 +409,10 @@ void Manager::stop_loopers() {
     }
     // Copy: stop() may report back synchronously.
     std::vector<Looper*> all;
-    for (auto& [name, l] : loopers_) all.push_back(l.get());
-    for (auto* l : all) l->stop();
+    for (auto& [name, l] : loopers_)
+        all.push_back(l.get());
+    for (auto* l : all)
+        l->stop();
 }
 
 void Manager::looper_stopped(Looper&) {
@@ -413,13 +436,16 @@ bool Manager::looper_line(Looper& looper, const LineReader::Line& line) {
     looper.count_event();
     if (line.overlong) {
         reject(looper, std::nullopt,
-               "line longer than max_line_length (" + std::to_string(looper.config().max_line_length) +
+               "line longer than max_line_length (" +
+                   std::to_string(looper.config().max_line_length) +
                    " bytes); discarded up to the next newline");
         return intake_open_;
     }
     auto parsed = parse_event(line.text);
-    if (auto* r = std::get_if<Rejection>(&parsed)) reject(looper, r->id, r->reason);
-    else route(looper, std::move(std::get<Event>(parsed)));
+    if (auto* r = std::get_if<Rejection>(&parsed))
+        reject(looper, r->id, r->reason);
+    else
+        route(looper, std::move(std::get<Event>(parsed)));
     return intake_open_;
 }
 
@@ -451,8 +477,9 @@ void Manager::route(Looper& looper, Event ev) {
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
                       "playbook " + pb.detail);
     }
-    Job job{next_job_++, std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
-            looper.name(), looper.generation(), std::move(pb.path), {}, false};
+    Job job{next_job_++,   std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
+            looper.name(), looper.generation(),       std::move(pb.path), {},
+            false};
     spdlog::debug("job {} queued: {} -> {}", job.id, job.routing_key, job.playbook);
     job.queued_usec = now_realtime_usec();
     JobId id = job.id;
@@ -502,10 +529,12 @@ std::optional<std::string> Manager::write_vars(Job& job) {
     while (done < text.size()) {
         ssize_t n = write(fd.get(), text.data() + done, text.size() - done);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return "cannot write vars file " + path + ": " + std::strerror(n < 0 ? errno : ENOSPC);
+        if (n <= 0)
+            return "cannot write vars file " + path + ": " + std::strerror(n < 0 ? errno : ENOSPC);
         done += static_cast<std::size_t>(n);
     }
-    if (close(fd.release()) < 0) return "cannot write vars file " + path + ": " + std::strerror(errno);
+    if (close(fd.release()) < 0)
+        return "cannot write vars file " + path + ": " + std::strerror(errno);
     return std::nullopt;
 }
 
@@ -529,7 +558,8 @@ JobSpec Manager::job_spec(const Job& job) const {
 }
 
 std::optional<std::string> Manager::launch(Job& job) {
-    log::Fields f{.looper = job.looper, .job = std::to_string(job.id), .routing_key = job.routing_key};
+    log::Fields f{
+        .looper = job.looper, .job = std::to_string(job.id), .routing_key = job.routing_key};
     log::Scope scope(f);
     if (auto err = write_vars(job)) return err;
     job.started_usec = now_realtime_usec();
@@ -543,17 +573,21 @@ void Manager::complete(JobId id, const Outcome& outcome) {
     if (node.empty()) return;
     Job& job = node.mapped();
     if (!job.vars_path.empty() && unlink(job.vars_path.c_str()) < 0)
-        spdlog::error("job {}: cannot remove vars file {}: {}", id, job.vars_path, std::strerror(errno));
+        spdlog::error("job {}: cannot remove vars file {}: {}", id, job.vars_path,
+                      std::strerror(errno));
     std::string name = std::to_string(id);
     log::Fields f{.looper = job.looper, .job = name, .routing_key = job.routing_key};
     log::Scope scope(f);
-    if (outcome.result == Result::succeeded) ++counters_.jobs_succeeded;
-    else ++counters_.jobs_failed;
+    if (outcome.result == Result::succeeded)
+        ++counters_.jobs_succeeded;
+    else
+        ++counters_.jobs_failed;
     if (outcome.result == Result::succeeded || outcome.result == Result::cancelled)
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
-    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code, outcome.error);
+    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
+           outcome.error);
     if (job.admitted) scheduler_.finished();
     auto done = info(job);
     done.state = "finished";
@@ -592,13 +626,15 @@ ManagerState Manager::state() const noexcept {
 std::vector<LooperInfo> Manager::loopers() const {
     std::vector<LooperInfo> out;
     for (auto& [name, l] : loopers_)
-        out.push_back({name, std::string(to_string(l->state())), l->pid(), l->restarts(), l->events()});
+        out.push_back(
+            {name, std::string(to_string(l->state())), l->pid(), l->restarts(), l->events()});
     return out;
 }
 
 std::vector<JobInfo> Manager::jobs() const {
     std::vector<JobInfo> out;
-    for (auto& [id, job] : jobs_) out.push_back(info(job));
+    for (auto& [id, job] : jobs_)
+        out.push_back(info(job));
     std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.id < b.id; });
     return out;
 }
@@ -649,8 +685,10 @@ void Manager::update_intake() {
     bool open = !stopping_ && !paused_ && !scheduler_.full();
     if (open == intake_open_) return;
     intake_open_ = open;
-    if (!open && !stopping_) spdlog::debug("queue full ({} events): pausing loopers", scheduler_.queued());
-    for (auto& [name, l] : loopers_) open ? l->resume() : l->pause();
+    if (!open && !stopping_)
+        spdlog::debug("queue full ({} events): pausing loopers", scheduler_.queued());
+    for (auto& [name, l] : loopers_)
+        open ? l->resume() : l->pause();
 }
 
 void Manager::status_changed() {
@@ -668,10 +706,10 @@ int Manager::on_status_timer(sd_event_source*, uint64_t, void* userdata) noexcep
 
 void Manager::send_status() {
     status_dirty_ = false;
-    auto status = fmt::format("STATUS={}: {} running, {} queued, {} succeeded, {} failed, {} rejected",
-                              to_string(state()), scheduler_.running(),
-                              scheduler_.queued(), counters_.jobs_succeeded, counters_.jobs_failed,
-                              counters_.events_rejected);
+    auto status =
+        fmt::format("STATUS={}: {} running, {} queued, {} succeeded, {} failed, {} rejected",
+                    to_string(state()), scheduler_.running(), scheduler_.queued(),
+                    counters_.jobs_succeeded, counters_.jobs_failed, counters_.events_rejected);
     sd_notify(0, status.c_str());
 }
 

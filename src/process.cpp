@@ -2,13 +2,13 @@
 #include "loopabull/process.hpp"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <linux/seccomp.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,7 +79,8 @@ void connect_journal(const std::string& header) {
 bool wait_for_release(int fd) {
     char byte = 0;
     ssize_t n;
-    do n = read(fd, &byte, 1);
+    do
+        n = read(fd, &byte, 1);
     while (n < 0 && errno == EINTR);
     close(fd);
     return n == 1;
@@ -87,11 +88,16 @@ bool wait_for_release(int fd) {
 
 const char* stage_name(int stage) {
     switch (stage) {
-    case kLimits: return "setting resource limits";
-    case kNoNewPrivs: return "setting no_new_privs";
-    case kSeccomp: return "loading the seccomp filter";
-    case kExec: return "executing";
-    default: return "setting up the process";
+    case kLimits:
+        return "setting resource limits";
+    case kNoNewPrivs:
+        return "setting no_new_privs";
+    case kSeccomp:
+        return "loading the seccomp filter";
+    case kExec:
+        return "executing";
+    default:
+        return "setting up the process";
     }
 }
 
@@ -102,12 +108,15 @@ const char* stage_name(int stage) {
         if (getppid() != parent) _exit(127);
     }
     if (spec.wait_peer_fd >= 0) close(spec.wait_peer_fd);
-    if (spec.new_session) setsid();
-    else setpgid(0, 0);
+    if (spec.new_session)
+        setsid();
+    else
+        setpgid(0, 0);
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);
-    for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
+    for (int sig = 1; sig < NSIG; ++sig)
+        signal(sig, SIG_DFL);
     int fds[] = {spec.stdin_fd, spec.stdout_fd, spec.stderr_fd};
     Stage stage = kSetup;
     for (int i = 0; i < 3; ++i)
@@ -128,7 +137,8 @@ fail:
 std::vector<char*> pointers(const std::vector<std::string>& strings) {
     std::vector<char*> out;
     out.reserve(strings.size() + 1);
-    for (auto& s : strings) out.push_back(const_cast<char*>(s.c_str()));
+    for (auto& s : strings)
+        out.push_back(const_cast<char*>(s.c_str()));
     out.push_back(nullptr);
     return out;
 }
@@ -163,32 +173,37 @@ Spawned spawn(const SpawnSpec& spec) {
     // Blocks only until execve: the pipe closes on exec, or carries the child's failure.
     ChildError report{};
     ssize_t n;
-    do n = read(err_read.get(), &report, sizeof report);
+    do
+        n = read(err_read.get(), &report, sizeof report);
     while (n < 0 && errno == EINTR);
     if (n != sizeof report) return {pid, 0, {}, {}};
     // The child is gone already; reap it here so that callers only ever track live children.
-    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {}
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
     return {-1, report.error, stage_name(report.stage), {}};
 }
 
 std::optional<std::string> read_spawn_failure(int fd, const std::string& program) {
     ChildError report{};
     ssize_t n;
-    do n = read(fd, &report, sizeof report);
+    do
+        n = read(fd, &report, sizeof report);
     while (n < 0 && errno == EINTR);
     if (n != sizeof report) return std::nullopt;
-    return std::string(stage_name(report.stage)) + " " + program + " failed: " + std::strerror(report.error);
+    return std::string(stage_name(report.stage)) + " " + program +
+           " failed: " + std::strerror(report.error);
 }
 
 std::vector<std::string> inherited_environment() {
-    static constexpr std::string_view drop[] = {"NOTIFY_SOCKET=", "WATCHDOG_PID=", "WATCHDOG_USEC=",
-                                                "LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=",
-                                                "JOURNAL_STREAM=", "LOOPABULL_"};
+    static constexpr std::string_view drop[] = {
+        "NOTIFY_SOCKET=", "WATCHDOG_PID=",   "WATCHDOG_USEC=",  "LISTEN_FDS=",
+        "LISTEN_PID=",    "LISTEN_FDNAMES=", "JOURNAL_STREAM=", "LOOPABULL_"};
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {
         std::string_view var(*e);
         bool keep = true;
-        for (auto prefix : drop) keep = keep && !var.starts_with(prefix);
+        for (auto prefix : drop)
+            keep = keep && !var.starts_with(prefix);
         if (keep) env.emplace_back(var);
     }
     return env;

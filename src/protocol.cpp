@@ -22,8 +22,10 @@ bool too_deep(std::string_view line) {
     for (std::size_t i = 0; i < line.size(); ++i) {
         char c = line[i];
         if (in_string) {
-            if (c == '\\') ++i;
-            else if (c == '"') in_string = false;
+            if (c == '\\')
+                ++i;
+            else if (c == '"')
+                in_string = false;
         } else if (c == '"') {
             in_string = true;
         } else if (c == '{' || c == '[') {
@@ -67,8 +69,7 @@ ParsedEvent from_object(json& obj) {
 ParsedEvent from_array(json& arr) {
     if (arr.size() != 2 || !arr[0].is_string())
         return Rejection{"an array event must be [\"routing.key\", {body}]", std::nullopt};
-    return make_event(std::move(arr[0].get_ref<std::string&>()), std::move(arr[1]),
-                      std::nullopt);
+    return make_event(std::move(arr[0].get_ref<std::string&>()), std::move(arr[1]), std::nullopt);
 }
 
 } // namespace
@@ -83,10 +84,14 @@ bool valid_utf8(std::string_view s) noexcept {
         }
         int n;
         unsigned cp;
-        if ((*p & 0xE0) == 0xC0) n = 1, cp = *p & 0x1F;
-        else if ((*p & 0xF0) == 0xE0) n = 2, cp = *p & 0x0F;
-        else if ((*p & 0xF8) == 0xF0) n = 3, cp = *p & 0x07;
-        else return false;
+        if ((*p & 0xE0) == 0xC0)
+            n = 1, cp = *p & 0x1F;
+        else if ((*p & 0xF0) == 0xE0)
+            n = 2, cp = *p & 0x0F;
+        else if ((*p & 0xF8) == 0xF0)
+            n = 3, cp = *p & 0x07;
+        else
+            return false;
         if (end - p <= n) return false;
         for (int i = 1; i <= n; ++i) {
             if ((p[i] & 0xC0) != 0x80) return false;
@@ -116,18 +121,23 @@ ParsedEvent parse_event(std::string_view line) {
     }
     if (doc.is_object()) return from_object(doc);
     if (doc.is_array()) return from_array(doc);
-    return Rejection{"an event must be a JSON object or a [routing_key, body] array",
-                     std::nullopt};
+    return Rejection{"an event must be a JSON object or a [routing_key, body] array", std::nullopt};
 }
 
 std::string_view to_string(Result r) noexcept {
     switch (r) {
-    case Result::succeeded: return "succeeded";
-    case Result::failed: return "failed";
-    case Result::unrouted: return "unrouted";
-    case Result::rejected: return "rejected";
-    case Result::timeout: return "timeout";
-    case Result::cancelled: return "cancelled";
+    case Result::succeeded:
+        return "succeeded";
+    case Result::failed:
+        return "failed";
+    case Result::unrouted:
+        return "unrouted";
+    case Result::rejected:
+        return "rejected";
+    case Result::timeout:
+        return "timeout";
+    case Result::cancelled:
+        return "cancelled";
     }
     return "failed";
 }
@@ -149,7 +159,9 @@ std::span<char> LineReader::prepare(std::size_t want) {
     return {buf_.data() + filled_, buf_.size() - filled_};
 }
 
-void LineReader::commit(std::size_t n) { filled_ += n; }
+void LineReader::commit(std::size_t n) {
+    filled_ += n;
+}
 
 std::size_t LineReader::partial_bytes() const noexcept {
     if (discarding_) return 0;
@@ -161,9 +173,12 @@ std::size_t LineReader::partial_bytes() const noexcept {
 bool LineReader::has_line() const noexcept {
     const char* from = buf_.data() + start_;
     const char* end = buf_.data() + filled_;
-    auto nl = static_cast<const char*>(std::memchr(from, '\n', static_cast<std::size_t>(end - from)));
+    auto nl =
+        static_cast<const char*>(std::memchr(from, '\n', static_cast<std::size_t>(end - from)));
     // While discarding, the first newline only ends the overlong line; a line needs another.
-    if (nl && discarding_) nl = static_cast<const char*>(std::memchr(nl + 1, '\n', static_cast<std::size_t>(end - nl - 1)));
+    if (nl && discarding_)
+        nl = static_cast<const char*>(
+            std::memchr(nl + 1, '\n', static_cast<std::size_t>(end - nl - 1)));
     return nl != nullptr;
 }
 

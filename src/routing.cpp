@@ -20,8 +20,8 @@ namespace {
 constexpr std::size_t kMaxKeyLength = 255;
 
 bool word_char(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
 }
 
 std::vector<std::string_view> split_words(std::string_view s) {
@@ -128,7 +128,7 @@ PlaybookLookup find_playbook(int dirfd, const std::string& dir, std::string_view
         return {S::error, path, std::strerror(err)};
     }
     UniqueFd owned(static_cast<int>(fd));
-    struct stat st{};
+    struct stat st {};
     if (fstat(owned.get(), &st) < 0) return {S::error, path, std::strerror(errno)};
     if (!S_ISREG(st.st_mode)) return {S::not_a_file, path, "not a regular file"};
     return {S::found, std::move(path), {}};

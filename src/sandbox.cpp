@@ -30,8 +30,9 @@ constexpr const char* kAllowlist[] = {
 // Syscall numbers up to here that libseccomp cannot name are newer than it: ENOSYS for them.
 constexpr int kMaxSyscallNr = 1024;
 
-constexpr std::uint64_t kNamespaceFlags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
-                                          CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWTIME;
+constexpr std::uint64_t kNamespaceFlags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
+                                          CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET |
+                                          CLONE_NEWCGROUP | CLONE_NEWTIME;
 
 struct SeccompRelease {
     void operator()(scmp_filter_ctx c) const noexcept { seccomp_release(c); }
@@ -58,10 +59,13 @@ void add_rules(scmp_filter_ctx ctx, const SeccompPolicy& policy) {
             check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0), "seccomp rule");
     }
     if (!policy.allow.count("clone3"))
-        check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), native_nr("clone3"), 0), "seccomp clone3");
+        check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), native_nr("clone3"), 0),
+              "seccomp clone3");
     for (int nr = 0; nr < kMaxSyscallNr; ++nr) {
-        std::unique_ptr<char, decltype(&free)> name(seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr), free);
-        if (!name) check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0), "seccomp ENOSYS rule");
+        std::unique_ptr<char, decltype(&free)> name(
+            seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr), free);
+        if (!name)
+            check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0), "seccomp ENOSYS rule");
     }
 }
 
@@ -105,11 +109,14 @@ bool read_names(const YAML::Node& node, const std::string& file, const char* key
 
 } // namespace
 
-bool known_syscall(const std::string& name) { return native_nr(name) >= 0; }
+bool known_syscall(const std::string& name) {
+    return native_nr(name) >= 0;
+}
 
 SeccompPolicy default_seccomp_policy() {
     SeccompPolicy p;
-    for (auto name : kAllowlist) p.allow.insert(name);
+    for (auto name : kAllowlist)
+        p.allow.insert(name);
     return p;
 }
 
@@ -120,25 +127,29 @@ std::optional<SeccompPolicy> load_seccomp_profile(const std::string& path,
     try {
         root = YAML::LoadFile(path);
     } catch (const YAML::BadFile&) {
-        errors.push_back({path, 0, 0, std::string("cannot read seccomp profile: ") + std::strerror(errno)});
+        errors.push_back(
+            {path, 0, 0, std::string("cannot read seccomp profile: ") + std::strerror(errno)});
         return std::nullopt;
     } catch (const YAML::Exception& e) {
         errors.push_back({path, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg});
         return std::nullopt;
     }
     if (!root.IsMap()) {
-        errors.push_back({path, 1, 1, "a seccomp profile must be a mapping with base, allow and deny"});
+        errors.push_back(
+            {path, 1, 1, "a seccomp profile must be a mapping with base, allow and deny"});
         return std::nullopt;
     }
     SeccompPolicy p;
     for (auto it = root.begin(); it != root.end(); ++it) {
         auto key = it->first.Scalar();
         if (key != "base" && key != "allow" && key != "deny")
-            errors.push_back({path, it->first.Mark().line + 1, it->first.Mark().column + 1,
-                              "unknown key '" + key + "' in a seccomp profile (base, allow, deny)"});
+            errors.push_back(
+                {path, it->first.Mark().line + 1, it->first.Mark().column + 1,
+                 "unknown key '" + key + "' in a seccomp profile (base, allow, deny)"});
     }
     auto base = root["base"] ? root["base"].Scalar() : std::string("default");
-    if (base == "default") p = default_seccomp_policy();
+    if (base == "default")
+        p = default_seccomp_policy();
     else if (base != "empty")
         errors.push_back({path, root["base"].Mark().line + 1, root["base"].Mark().column + 1,
                           "'base' must be default or empty, not '" + base + "'"});
@@ -147,7 +158,8 @@ std::optional<SeccompPolicy> load_seccomp_profile(const std::string& path,
     read_names(root["deny"], path, "deny", deny, errors);
     if (errors.size() != before) return std::nullopt;
     p.allow.insert(allow.begin(), allow.end());
-    for (auto& d : deny) p.allow.erase(d);
+    for (auto& d : deny)
+        p.allow.erase(d);
     return p;
 }
 
@@ -156,7 +168,8 @@ SeccompProgram compile_seccomp(const SeccompPolicy& policy) {
     if (!ctx) throw std::runtime_error("seccomp_init failed");
     // The child sets no_new_privs itself, in the documented order.
     check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 0), "seccomp NNP attribute");
-    check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS), "seccomp bad-arch action");
+    check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS),
+          "seccomp bad-arch action");
     add_rules(ctx.get(), policy);
     return {export_bpf(ctx.get())};
 }

@@ -33,22 +33,27 @@ int append_u64(sd_bus_message* m, const char* name, std::uint64_t v) {
 // The properties of one scope; FIELD-NOTES section 4 lists what a scope accepts.
 int append_properties(sd_bus_message* m, pid_t pid, const ScopeProperties& p) {
     int r = sd_bus_message_open_container(m, 'a', "(sv)");
-    if (r >= 0) r = sd_bus_message_append(m, "(sv)", "PIDs", "au", 1, static_cast<std::uint32_t>(pid));
+    if (r >= 0)
+        r = sd_bus_message_append(m, "(sv)", "PIDs", "au", 1, static_cast<std::uint32_t>(pid));
     if (r >= 0) r = sd_bus_message_append(m, "(sv)", "Slice", "s", p.slice.c_str());
     if (r >= 0) r = sd_bus_message_append(m, "(sv)", "Description", "s", p.description.c_str());
     if (r >= 0) r = sd_bus_message_append(m, "(sv)", "CollectMode", "s", "inactive-or-failed");
     if (r >= 0) r = sd_bus_message_append(m, "(sv)", "KillMode", "s", "control-group");
     if (r >= 0) r = sd_bus_message_append(m, "(sv)", "SendSIGKILL", "b", 1);
-    if (r >= 0) r = append_u64(m, "RuntimeMaxUSec", static_cast<std::uint64_t>(p.runtime_max.count()));
-    if (r >= 0) r = append_u64(m, "TimeoutStopUSec", static_cast<std::uint64_t>(p.stop_timeout.count()));
+    if (r >= 0)
+        r = append_u64(m, "RuntimeMaxUSec", static_cast<std::uint64_t>(p.runtime_max.count()));
+    if (r >= 0)
+        r = append_u64(m, "TimeoutStopUSec", static_cast<std::uint64_t>(p.stop_timeout.count()));
     if (r >= 0 && p.memory_max) r = append_u64(m, "MemoryMax", *p.memory_max);
     if (r >= 0 && p.tasks_max) r = append_u64(m, "TasksMax", *p.tasks_max);
-    if (r >= 0 && p.cpu_quota_per_sec_usec) r = append_u64(m, "CPUQuotaPerSecUSec", *p.cpu_quota_per_sec_usec);
+    if (r >= 0 && p.cpu_quota_per_sec_usec)
+        r = append_u64(m, "CPUQuotaPerSecUSec", *p.cpu_quota_per_sec_usec);
     // No playbook outlives the supervisor's unit (BindsTo). Before=, not After=: stop jobs run
     // in reverse order, so on "systemctl stop" the supervisor stops first and drains its
     // running jobs, and only then is the (by then empty) scope stopped.
     for (auto dep : {"BindsTo", "Before"})
-        if (r >= 0 && !p.binds_to.empty()) r = sd_bus_message_append(m, "(sv)", dep, "as", 1, p.binds_to.c_str());
+        if (r >= 0 && !p.binds_to.empty())
+            r = sd_bus_message_append(m, "(sv)", dep, "as", 1, p.binds_to.c_str());
     if (r >= 0) r = sd_bus_message_close_container(m);
     return r;
 }
@@ -56,8 +61,8 @@ int append_properties(sd_bus_message* m, pid_t pid, const ScopeProperties& p) {
 std::vector<std::string> list_units(sd_bus* bus, const std::string& pattern) {
     sd_bus_error error = SD_BUS_ERROR_NULL;
     sd_bus_message* reply = nullptr;
-    int r = sd_bus_call_method(bus, kSystemd, kPath, kManager, "ListUnitsByPatterns", &error, &reply,
-                               "asas", 0, 1, pattern.c_str());
+    int r = sd_bus_call_method(bus, kSystemd, kPath, kManager, "ListUnitsByPatterns", &error,
+                               &reply, "asas", 0, 1, pattern.c_str());
     BusMessagePtr owned(reply);
     std::string err = r < 0 ? bus_error_text(&error, r) : "";
     sd_bus_error_free(&error);
@@ -65,8 +70,9 @@ std::vector<std::string> list_units(sd_bus* bus, const std::string& pattern) {
     std::vector<std::string> names;
     r = sd_bus_message_enter_container(reply, 'a', "(ssssssouso)");
     const char* name = nullptr;
-    while (r >= 0 && (r = sd_bus_message_read(reply, "(ssssssouso)", &name, nullptr, nullptr, nullptr,
-                                              nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)) > 0)
+    while (r >= 0 &&
+           (r = sd_bus_message_read(reply, "(ssssssouso)", &name, nullptr, nullptr, nullptr,
+                                    nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)) > 0)
         names.emplace_back(name);
     return names;
 }
@@ -91,14 +97,17 @@ std::string scope_unit_name(const std::string& instance, std::uint64_t job) {
 ScopeManager::ScopeManager(sd_bus* bus) : bus_(bus) {
     sd_bus_slot* slot = nullptr;
     // Matched before any call, as systemd-run does, so that no JobRemoved can be missed.
-    int r = sd_bus_match_signal(bus_, &slot, kSystemd, kPath, kManager, "JobRemoved", on_job_removed, this);
+    int r = sd_bus_match_signal(bus_, &slot, kSystemd, kPath, kManager, "JobRemoved",
+                                on_job_removed, this);
     if (r < 0) throw std::system_error(-r, std::generic_category(), "matching JobRemoved");
     match_.reset(slot);
 }
 
-void ScopeManager::start(const std::string& unit, pid_t pid, const ScopeProperties& props, Done done) {
+void ScopeManager::start(const std::string& unit, pid_t pid, const ScopeProperties& props,
+                         Done done) {
     sd_bus_message* m = nullptr;
-    int r = sd_bus_message_new_method_call(bus_, &m, kSystemd, kPath, kManager, "StartTransientUnit");
+    int r =
+        sd_bus_message_new_method_call(bus_, &m, kSystemd, kPath, kManager, "StartTransientUnit");
     BusMessagePtr msg(m);
     if (r >= 0) r = sd_bus_message_append(m, "ss", unit.c_str(), "fail");
     if (r >= 0) r = append_properties(m, pid, props);
@@ -123,7 +132,8 @@ int ScopeManager::on_reply(sd_bus_message* m, void* userdata, sd_bus_error*) noe
     auto it = self->pending_.find(token);
     if (it == self->pending_.end()) return 0;
     if (const sd_bus_error* e = sd_bus_message_get_error(m)) {
-        self->finish(token, "StartTransientUnit failed: " + bus_error_text(e, sd_bus_message_get_errno(m)));
+        self->finish(token, "StartTransientUnit failed: " +
+                                bus_error_text(e, sd_bus_message_get_errno(m)));
         return 0;
     }
     const char* path = nullptr;
@@ -144,8 +154,9 @@ int ScopeManager::on_job_removed(sd_bus_message* m, void* userdata, sd_bus_error
         if (p.job_path != path) continue;
         std::string res(result);
         auto t = token;
-        self->finish(t, res == "done" ? std::nullopt
-                                      : std::optional<std::string>("the scope's job ended '" + res + "'"));
+        self->finish(t, res == "done"
+                            ? std::nullopt
+                            : std::optional<std::string>("the scope's job ended '" + res + "'"));
         return 0;
     }
     return 0;
@@ -162,8 +173,8 @@ void ScopeManager::finish(std::uint64_t token, std::optional<std::string> error)
 }
 
 void ScopeManager::stop(const std::string& unit) {
-    int r = sd_bus_call_method_async(bus_, nullptr, kSystemd, kPath, kManager, "StopUnit", nullptr, nullptr,
-                                     "ss", unit.c_str(), "replace");
+    int r = sd_bus_call_method_async(bus_, nullptr, kSystemd, kPath, kManager, "StopUnit", nullptr,
+                                     nullptr, "ss", unit.c_str(), "replace");
     if (r < 0) spdlog::error("cannot stop {}: {}", unit, std::strerror(-r));
 }
 
@@ -185,10 +196,12 @@ std::vector<std::string> ScopeManager::stale_scopes(const std::string& instance)
 void ScopeManager::stop_stale(const std::string& instance, usec wait) {
     auto stale = stale_scopes(instance);
     if (stale.empty()) return;
-    spdlog::warn("stopping {} scope(s) left by a previous run of instance {}", stale.size(), instance);
+    spdlog::warn("stopping {} scope(s) left by a previous run of instance {}", stale.size(),
+                 instance);
     for (auto& unit : stale) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
-        sd_bus_call_method(bus_, kSystemd, kPath, kManager, "StopUnit", &error, nullptr, "ss", unit.c_str(), "replace");
+        sd_bus_call_method(bus_, kSystemd, kPath, kManager, "StopUnit", &error, nullptr, "ss",
+                           unit.c_str(), "replace");
         sd_bus_error_free(&error);
     }
     auto deadline = std::chrono::steady_clock::now() + wait;

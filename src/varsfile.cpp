@@ -20,7 +20,8 @@ unsigned decode(const unsigned char*& p, const unsigned char* end) {
     unsigned c = *p++;
     int extra = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : 0;
     c &= extra == 3 ? 0x07u : extra == 2 ? 0x0Fu : extra == 1 ? 0x1Fu : 0x7Fu;
-    for (; extra > 0 && p < end; --extra) c = (c << 6) | (*p++ & 0x3Fu);
+    for (; extra > 0 && p < end; --extra)
+        c = (c << 6) | (*p++ & 0x3Fu);
     return c;
 }
 
@@ -32,11 +33,16 @@ void quoted(std::string& out, const std::string& s) {
     auto end = p + s.size();
     while (p < end) {
         unsigned c = decode(p, end);
-        if (c == '"' || c == '\\') out += '\\', out += static_cast<char>(c);
-        else if (c >= 0x20 && c < 0x7F) out += static_cast<char>(c);
-        else if (c < 0x100) append_hex(out, 'x', c, 2);
-        else if (c < 0x10000) append_hex(out, 'u', c, 4);
-        else append_hex(out, 'U', c, 8);
+        if (c == '"' || c == '\\')
+            out += '\\', out += static_cast<char>(c);
+        else if (c >= 0x20 && c < 0x7F)
+            out += static_cast<char>(c);
+        else if (c < 0x100)
+            append_hex(out, 'x', c, 2);
+        else if (c < 0x10000)
+            append_hex(out, 'u', c, 4);
+        else
+            append_hex(out, 'U', c, 8);
     }
     out += '"';
 }
@@ -49,8 +55,10 @@ void string_scalar(std::string& out, const std::string& s, bool trusted) {
 // YAML 1.1 (PyYAML) reads "1e+100" as a string: a float needs a dot before its exponent.
 void float_scalar(std::string& out, const json& v) {
     std::string text = v.dump();
-    if (text.find_first_of(".eE") == std::string::npos) text += ".0";
-    else if (text.find('.') == std::string::npos) text.insert(text.find_first_of("eE"), ".0");
+    if (text.find_first_of(".eE") == std::string::npos)
+        text += ".0";
+    else if (text.find('.') == std::string::npos)
+        text.insert(text.find_first_of("eE"), ".0");
     out += text;
 }
 
@@ -83,19 +91,35 @@ void sequence(std::string& out, const json& arr, bool trusted) {
 
 void value(std::string& out, const json& v, bool trusted) {
     switch (v.type()) {
-    case json::value_t::object: mapping(out, v, trusted); break;
-    case json::value_t::array: sequence(out, v, trusted); break;
-    case json::value_t::string: string_scalar(out, v.get_ref<const std::string&>(), trusted); break;
-    case json::value_t::number_float: float_scalar(out, v); break;
-    case json::value_t::boolean: out += v.get<bool>() ? "true" : "false"; break;
-    case json::value_t::null: out += "null"; break;
-    default: out += v.dump(); break; // integers
+    case json::value_t::object:
+        mapping(out, v, trusted);
+        break;
+    case json::value_t::array:
+        sequence(out, v, trusted);
+        break;
+    case json::value_t::string:
+        string_scalar(out, v.get_ref<const std::string&>(), trusted);
+        break;
+    case json::value_t::number_float:
+        float_scalar(out, v);
+        break;
+    case json::value_t::boolean:
+        out += v.get<bool>() ? "true" : "false";
+        break;
+    case json::value_t::null:
+        out += "null";
+        break;
+    default:
+        out += v.dump();
+        break; // integers
     }
 }
 
 // The loopabull_ prefix is reserved: an event cannot pose as loopabull (a forged
 // loopabull_event_id in an event that has no id, say).
-bool reserved(const std::string& key) { return key.starts_with("loopabull_"); }
+bool reserved(const std::string& key) {
+    return key.starts_with("loopabull_");
+}
 
 } // namespace
 

@@ -51,7 +51,7 @@ struct ExecutorConfig {
     std::string slice = "loopabull.slice";
     std::optional<std::uint64_t> memory_max = std::uint64_t(2) << 30; // nullopt: infinity
     std::optional<std::uint64_t> tasks_max = 1024;
-    std::optional<std::uint64_t> cpu_quota_per_sec_usec = 2000000;  // 200%
+    std::optional<std::uint64_t> cpu_quota_per_sec_usec = 2000000; // 200%
     bool fallback_direct = false; // when a scope cannot be made: run unconfined, or fail
     unsigned max_parallel = 4;
     std::size_t queue_size = 1000;
@@ -59,7 +59,7 @@ struct ExecutorConfig {
     usec kill_grace = std::chrono::seconds(10);
     usec stop_timeout = std::chrono::minutes(5);
     // Sandbox of every playbook run (both executors).
-    std::string seccomp = "default";            // off | default | PATH of a profile
+    std::string seccomp = "default"; // off | default | PATH of a profile
     std::optional<SeccompPolicy> seccomp_policy = default_seccomp_policy(); // nullopt: off
     bool allow_root = false;
     std::uint64_t limit_nofile = 4096;
@@ -86,7 +86,7 @@ struct ConfigError {
 };
 
 struct LoadOptions {
-    std::string looper_dir; // where bundled loopers live
+    std::string looper_dir;  // where bundled loopers live
     bool check_files = true; // check that paths exist (off for fuzzing)
 };
 

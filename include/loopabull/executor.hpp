@@ -36,7 +36,7 @@ struct Outcome {
 };
 
 class ExecutorHost {
-public:
+  public:
     virtual ~ExecutorHost() = default;
     virtual void job_finished(JobId id, const Outcome& outcome) = 0;
 };
@@ -47,11 +47,11 @@ struct ScopeMode {
     std::string instance;
     ScopeProperties properties; // description, runtime and stop timeout are set per job
     bool fallback_direct = false;
-    bool user_manager = false;  // for the journalctl hint in the log
+    bool user_manager = false; // for the journalctl hint in the log
 };
 
 class Executor {
-public:
+  public:
     Executor(sd_event* event, ExecutorHost& host);
     ~Executor();
     Executor(const Executor&) = delete;
@@ -68,7 +68,7 @@ public:
     // The unit a running job is contained in ("" when it runs directly).
     std::string unit(JobId id) const;
 
-private:
+  private:
     struct Run;
     static int on_output(sd_event_source*, int, uint32_t, void*) noexcept;
     static int on_exit(sd_event_source*, const siginfo_t*, void*) noexcept;

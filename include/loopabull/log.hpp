@@ -20,13 +20,13 @@ struct Fields {
 };
 
 class Scope {
-public:
+  public:
     explicit Scope(const Fields& f) noexcept;
     ~Scope();
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
 
-private:
+  private:
     const Fields* previous_;
 };
 

@@ -18,7 +18,7 @@ class Looper;
 
 // What a looper needs from its owner.
 class LooperHost {
-public:
+  public:
     virtual ~LooperHost() = default;
     // One complete line from the looper; returns false when no more events can be taken now
     // (the queue is full), so the looper stops reading until resume().
@@ -30,7 +30,7 @@ enum class LooperState { starting, running, backoff, failed, stopping, stopped }
 std::string_view to_string(LooperState s) noexcept;
 
 class Looper {
-public:
+  public:
     Looper(sd_event* event, LooperHost& host, LooperConfig config, std::string instance,
            unsigned max_parallel);
     ~Looper();
@@ -57,7 +57,7 @@ public:
     std::uint64_t events() const noexcept { return events_; }
     void count_event() noexcept { ++events_; }
 
-private:
+  private:
     static int on_stdout(sd_event_source*, int, uint32_t, void*) noexcept;
     static int on_stderr(sd_event_source*, int, uint32_t, void*) noexcept;
     static int on_stdin(sd_event_source*, int, uint32_t, void*) noexcept;

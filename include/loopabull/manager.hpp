@@ -28,7 +28,7 @@ struct ManagerOptions {
     std::string instance = "default";
     std::optional<LogLevel> log_level; // --log-level wins over the file
     std::string looper_dir;
-    BusKind bus = BusKind::none;       // where the D-Bus API is offered
+    BusKind bus = BusKind::none; // where the D-Bus API is offered
 };
 
 enum class ManagerState { starting, running, paused, stopping };
@@ -58,7 +58,7 @@ struct LooperInfo {
 
 // Told of what status readers may want to hear about (the D-Bus API's signals).
 class ManagerObserver {
-public:
+  public:
     virtual ~ManagerObserver() = default;
     virtual void job_new(const JobInfo& job) = 0;
     virtual void job_removed(const JobInfo& job) = 0;
@@ -89,7 +89,7 @@ struct Counters {
 };
 
 class Manager final : public LooperHost, public ExecutorHost {
-public:
+  public:
     Manager(ManagerOptions options, Config config);
     ~Manager() override;
 
@@ -109,17 +109,17 @@ public:
     std::size_t jobs_queued() const noexcept { return scheduler_.queued(); }
     std::size_t jobs_running() const noexcept { return scheduler_.running(); }
     std::vector<LooperInfo> loopers() const;
-    std::vector<JobInfo> jobs() const;           // queued and running
-    std::optional<JobInfo> job(JobId id) const;  // also recently finished ones
+    std::vector<JobInfo> jobs() const;          // queued and running
+    std::optional<JobInfo> job(JobId id) const; // also recently finished ones
     // A queued job is answered "cancelled" at once; a running one is stopped.
     bool cancel_job(JobId id);
-    void pause();  // no new events are taken; running jobs go on
+    void pause(); // no new events are taken; running jobs go on
     void resume();
     void reload();
     void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
     sd_event* event() const noexcept { return event_.get(); }
 
-private:
+  private:
     static int on_signal(sd_event_source*, const signalfd_siginfo*, void*) noexcept;
     static int on_stop_timeout(sd_event_source*, uint64_t, void*) noexcept;
     static int on_status_timer(sd_event_source*, uint64_t, void*) noexcept;
@@ -156,7 +156,7 @@ private:
     UniqueFd playbooks_dirfd_;
     Scheduler scheduler_{1, 1};
     std::unique_ptr<Executor> executor_;
-    BusPtr scope_bus_;                     // to the manager that makes our scopes
+    BusPtr scope_bus_; // to the manager that makes our scopes
     std::unique_ptr<ScopeManager> scopes_;
     std::optional<bool> scope_user_manager_; // which manager scopes_ talks to
     std::map<std::string, std::unique_ptr<Looper>> loopers_;

@@ -19,9 +19,9 @@ struct SpawnSpec {
     int stdin_fd = -1;            // -1: /dev/null
     int stdout_fd = -1;
     int stderr_fd = -1;
-    int fd3 = -1;                 // handed to the child as descriptor 3 when set
-    bool new_session = false;     // setsid (playbooks) rather than a process group of its own
-    int death_signal = 0;         // sent to the child when the supervisor dies
+    int fd3 = -1;                     // handed to the child as descriptor 3 when set
+    bool new_session = false;         // setsid (playbooks) rather than a process group of its own
+    int death_signal = 0;             // sent to the child when the supervisor dies
     const Sandbox* sandbox = nullptr; // applied last, just before execve
     // The child waits for one byte on this descriptor before anything else (the scope
     // executor releases it once it is in its scope); EOF without a byte makes it exit.
@@ -34,7 +34,7 @@ struct SpawnSpec {
 
 struct Spawned {
     pid_t pid = -1;
-    int error = 0;           // errno of the step that failed
+    int error = 0;          // errno of the step that failed
     const char* stage = {}; // which step: "executing", "loading the seccomp filter", ...
     // With wait_fd, spawn() cannot wait for execve (the child waits for us): the failure report
     // arrives here instead, to be read with read_spawn_failure() once the child has exited.

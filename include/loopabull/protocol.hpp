@@ -44,7 +44,7 @@ bool valid_utf8(std::string_view s) noexcept;
 // Splits a byte stream into lines with a hard bound on memory: a line longer than the limit is
 // reported once as overlong and the rest of it is discarded up to the next newline.
 class LineReader {
-public:
+  public:
     struct Line {
         std::string_view text; // the line, or its first bytes when overlong
         bool overlong = false;
@@ -68,7 +68,7 @@ public:
     std::size_t max_line() const noexcept { return max_line_; }
     void set_max_line(std::size_t n) noexcept { max_line_ = n; }
 
-private:
+  private:
     void compact();
 
     std::string buf_;

@@ -20,11 +20,11 @@ std::optional<std::string> routing_pattern_error(std::string_view pattern);
 bool routing_pattern_matches(std::string_view pattern, std::string_view key);
 
 class RoutingFilter {
-public:
+  public:
     explicit RoutingFilter(std::vector<std::string> patterns);
     bool selects(std::string_view key) const;
 
-private:
+  private:
     std::vector<std::string> patterns_;
     bool all_ = false;
 };

@@ -14,7 +14,7 @@ namespace loopabull {
 using JobId = std::uint64_t;
 
 class Scheduler {
-public:
+  public:
     Scheduler(std::size_t max_parallel, std::size_t queue_size)
         : max_parallel_(max_parallel), queue_size_(queue_size) {}
 
@@ -41,7 +41,7 @@ public:
     std::size_t max_parallel() const noexcept { return max_parallel_; }
     bool idle() const noexcept { return running_ == 0 && queue_.empty(); }
 
-private:
+  private:
     std::deque<JobId> queue_;
     std::size_t running_ = 0;
     std::size_t max_parallel_;

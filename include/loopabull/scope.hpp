@@ -27,12 +27,12 @@ struct ScopeProperties {
     std::optional<std::uint64_t> tasks_max;
     std::optional<std::uint64_t> cpu_quota_per_sec_usec;
     usec runtime_max{};
-    usec stop_timeout{};     // TimeoutStopUSec: SIGTERM to SIGKILL when stopped
-    std::string binds_to;    // the supervisor's own unit, when it runs in one
+    usec stop_timeout{};  // TimeoutStopUSec: SIGTERM to SIGKILL when stopped
+    std::string binds_to; // the supervisor's own unit, when it runs in one
 };
 
 class ScopeManager {
-public:
+  public:
     // Called once: no error when the scope exists and the process is in it.
     using Done = std::function<void(std::optional<std::string> error)>;
 
@@ -50,7 +50,7 @@ public:
     // The unit the supervisor runs in, in the given manager, or "".
     static std::string own_unit(bool user_manager);
 
-private:
+  private:
     static int on_reply(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int on_job_removed(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     void finish(std::uint64_t token, std::optional<std::string> error);

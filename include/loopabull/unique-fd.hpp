@@ -10,7 +10,7 @@ namespace loopabull {
 // Owns one file descriptor; closing is the only way a descriptor leaves the process, so every
 // pipe end and vars file is accounted for (the original leaked one per event).
 class UniqueFd {
-public:
+  public:
     UniqueFd() noexcept = default;
     explicit UniqueFd(int fd) noexcept : fd_(fd) {}
     UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
@@ -30,7 +30,7 @@ public:
         fd_ = fd;
     }
 
-private:
+  private:
     int fd_ = -1;
 };
 
