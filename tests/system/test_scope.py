@@ -240,7 +240,7 @@ def test_stale_scopes_of_another_instance_are_left_alone(installed_machine):
     assert "stopping 1 scope(s) left by a previous run" in d.journal(SUPERVISOR)
 
 
-def test_limits_are_enforced_where_the_kernel_can(installed_machine):
+def test_tasks_limit_is_enforced_where_the_kernel_can(installed_machine):
     reason = installed_machine.enforcement_unavailable("pids")
     if reason:
         pytest.skip(reason)
@@ -251,3 +251,17 @@ def test_limits_are_enforced_where_the_kernel_can(installed_machine):
     d.start()
     d.drop("sys.forkbomb", {})
     d.wait_log("job 1 (sys.forkbomb) failed")
+
+
+def test_memory_limit_is_enforced_where_the_kernel_can(installed_machine):
+    reason = installed_machine.enforcement_unavailable("memory")
+    if reason:
+        pytest.skip(reason)
+    d = Deployment(installed_machine, memory_max="64M")
+    installed_machine.write_file(f"{BASE}/playbooks/sys.hog.yml",
+                                 "- hosts: localhost\n  connection: local\n  gather_facts: false\n"
+                                 "  tasks:\n    - command: /usr/bin/python3 -c \"b = bytearray(512 << 20); "
+                                 "b[::4096] = b'x' * len(b[::4096])\"\n")
+    d.start()
+    d.drop("sys.hog", {})
+    d.wait_log("job 1 (sys.hog) failed")
