@@ -575,7 +575,11 @@ int BusApi::perform(sd_bus_message* m, Verb verb, JobId job, const std::string& 
         break;
     case Verb::reload:
         spdlog::info("D-Bus API: reload by {}", who);
-        manager_.reload();
+        if (auto problems = manager_.reload(); !problems.empty()) {
+            std::string text = "The configuration was not reloaded:";
+            for (auto& p : problems) text += (&p == &problems.front() ? " " : "; ") + p;
+            return sd_bus_error_set(error, kErrorInvalidConfiguration, text.c_str());
+        }
         break;
     }
     return sd_bus_reply_method_return(m, "");

@@ -327,10 +327,10 @@ void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
     }
 }
 
-void Manager::reload() {
+std::vector<std::string> Manager::reload() {
     if (stopping_) {
         spdlog::warn("not reloading: the supervisor is stopping");
-        return;
+        return {"the supervisor is stopping"};
     }
     spdlog::info("reloading {}", options_.config_path);
     if (notify_) {
@@ -340,25 +340,28 @@ void Manager::reload() {
         // MONOTONIC_USEC lets Type=notify-reload units match this reload to its request.
         sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", usec);
     }
-    LoadOptions lo{options_.looper_dir, true};
-    auto load = load_config(options_.config_path, lo);
-    if (!load.config) {
-        for (auto& e : load.errors)
-            spdlog::error("{}", e.str());
-        spdlog::error("reload failed with {} problem(s); keeping the current configuration",
-                      load.errors.size());
-    } else if (load.config->runtime_dir != config_.runtime_dir) {
-        spdlog::error("reload failed: runtime_dir cannot change while running; restart instead");
-    } else {
-        try {
-            apply(std::move(*load.config));
-            spdlog::info("configuration reloaded");
-        } catch (const std::exception& e) {
-            spdlog::error("reload failed: {}; keeping the current configuration", e.what());
-        }
-    }
+    auto problems = load_and_apply();
+    for (auto& p : problems) spdlog::error("{}", p);
+    if (problems.empty()) spdlog::info("configuration reloaded");
+    else spdlog::error("reload failed with {} problem(s); keeping the current configuration", problems.size());
     if (notify_) sd_notify(0, "READY=1");
     status_changed();
+    return problems;
+}
+
+std::vector<std::string> Manager::load_and_apply() {
+    auto load = load_config(options_.config_path, {options_.looper_dir, true});
+    std::vector<std::string> problems;
+    for (auto& e : load.errors) problems.push_back(e.str());
+    if (!load.config) return problems;
+    if (load.config->runtime_dir != config_.runtime_dir)
+        return {"runtime_dir cannot change while running; restart instead"};
+    try {
+        apply(std::move(*load.config));
+    } catch (const std::exception& e) {
+        return {e.what()};
+    }
+    return {};
 }
 
 int Manager::on_signal(sd_event_source*, const signalfd_siginfo* si, void* userdata) noexcept {

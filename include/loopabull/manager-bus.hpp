@@ -22,6 +22,8 @@ inline constexpr const char* kManageAction = "org.loopabull.loopabull1.manage";
 // Errors of the interface (besides the standard org.freedesktop.DBus.Error.*).
 inline constexpr const char* kErrorNoSuchJob = "org.loopabull.Loopabull1.NoSuchJob";
 inline constexpr const char* kErrorStopping = "org.loopabull.Loopabull1.Stopping";
+// Reload() found problems in the file (listed in the message); the old configuration stays.
+inline constexpr const char* kErrorInvalidConfiguration = "org.loopabull.Loopabull1.InvalidConfiguration";
 
 // "org.loopabull.Loopabull1." + the instance in the bus-name alphabet. Bus-name elements are
 // [A-Za-z0-9_-] and may not start with a digit ("1", as Fedora named its instances): every other

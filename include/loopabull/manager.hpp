@@ -115,7 +115,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool cancel_job(JobId id);
     void pause(); // no new events are taken; running jobs go on
     void resume();
-    void reload();
+    // The problems that kept the new configuration from being applied; empty on success.
+    std::vector<std::string> reload();
     void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
     sd_event* event() const noexcept { return event_.get(); }
 
@@ -128,6 +129,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     void setup_event_loop();
     void setup_runtime_dir();
     void apply(Config config);
+    std::vector<std::string> load_and_apply();
     void apply_loopers(const std::vector<LooperConfig>& wanted);
     std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
     void begin_stop();

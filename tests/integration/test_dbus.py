@@ -404,6 +404,13 @@ def test_reload_applies_a_new_routing_key(bus, instance):
     assert "configuration reloaded" in inst.sup.log
     inst.send("dbus.other", "after")
     assert inst.answer("after")["result"] == "succeeded"
+    # A bad file: Reload says what is wrong, and the running configuration stays.
+    inst.sup.config_path.write_text(inst.sup.config_path.read_text() + "bogus_key: 1\n")
+    name, message = bus.call_error(inst.name, "Reload")
+    assert name == "org.loopabull.Loopabull1.InvalidConfiguration", (name, message)
+    assert "unknown key 'bogus_key'" in message
+    inst.send("dbus.other", "kept")
+    assert inst.answer("kept")["result"] == "succeeded"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
