@@ -265,3 +265,49 @@ def test_memory_limit_is_enforced_where_the_kernel_can(installed_machine):
     d.start()
     d.drop("sys.hog", {})
     d.wait_log("job 1 (sys.hog) failed")
+
+
+def test_scope_executor_under_the_shipped_unit(installed_machine):
+    """loopabull@.service as installed (hardening, User=loopabull) with the scope executor of
+    the system manager: the job runs in its scope, sandboxed, and its output is in the journal."""
+    m = installed_machine
+    for cmd in (["systemd-sysusers"], ["systemd-tmpfiles", "--create"]):
+        m.run(cmd)
+    m.daemon_reload()
+    m.reload_dbus()
+    # Where the installed unit reads its configuration (SYSCONFDIR/loopabull for the prefix).
+    unit = m.systemctl("cat", "loopabull@svc.service").stdout
+    confdir = next(w for w in unit.split() if w.endswith("/%i.yml") and w.startswith("/")).rsplit("/", 1)[0]
+    confdir = confdir.split("=", 1)[-1]
+    state = "/var/lib/loopabull/svc"  # the unit's StateDirectory: writable under ProtectSystem
+    for pb in (HERE / "playbooks").glob("*.yml"):
+        m.write_file(f"{BASE}/playbooks/{pb.name}", pb.read_text())
+    cfg = {"routing_keys": ["all"],
+           "loopers": [{"name": "spool", "command": ["spool"]}],
+           "ansible": {"playbooks_dir": f"{BASE}/playbooks",
+                       "environment": {"ANSIBLE_LOCAL_TEMP": "/tmp/al", "ANSIBLE_REMOTE_TEMP": "/tmp/ar"}},
+           "executor": {"type": "scope", "manager": "system", "tasks_max": 99}}
+    m.write_file(f"{confdir}/svc.yml", json.dumps(cfg))
+    # systemd 252: polkit cannot see the unit name (see test_scope's Deployment).
+    m.write_file("/etc/polkit-1/rules.d/50-lbtest.rules",
+                 'polkit.addRule(function(action, subject) {\n'
+                 '  if (action.id == "org.freedesktop.systemd1.manage-units" &&\n'
+                 '      subject.user == "loopabull") return polkit.Result.YES;\n});\n')
+    m.systemctl("start", "loopabull@svc.service")
+    spool = "/var/spool/loopabull/svc"
+    deadline = time.monotonic() + 30
+    while m.run(["test", "-d", spool], check=False).returncode != 0:
+        assert time.monotonic() < deadline, m.journal("loopabull@svc.service", lines=50)
+        time.sleep(0.2)
+    m.write_file(f"{spool}/.e", json.dumps({"out_dir": state}), owner="loopabull")
+    m.run(["mv", f"{spool}/.e", f"{spool}/sys.record.json"])
+    deadline = time.monotonic() + 120
+    while "job 1 (sys.record) succeeded" not in m.journal("loopabull@svc.service"):
+        assert time.monotonic() < deadline, m.journal("loopabull@svc.service", lines=80)
+        time.sleep(0.3)
+    report = m.read_file(f"{state}/1.txt").splitlines()
+    assert report[0] == "loopabull"
+    assert "Seccomp:\t2" in report and "NoNewPrivs:\t1" in report
+    assert any("loopabull-svc-1.scope" in line for line in report), report
+    assert "sandbox report:" in m.journal("loopabull-svc-1.scope")
+    m.systemctl("stop", "loopabull@svc.service")
