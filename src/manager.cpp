@@ -434,7 +434,7 @@ int Manager::on_reap(sd_event_source*, void* userdata) noexcept {
     return sd_event_exit(self->event_.get(), 0);
 }
 
-bool Manager::looper_line(Looper& looper, const LineReader::Line& line) {
+void Manager::looper_line(Looper& looper, const LineReader::Line& line) {
     ++counters_.events_received;
     looper.count_event();
     if (line.overlong) {
@@ -442,14 +442,13 @@ bool Manager::looper_line(Looper& looper, const LineReader::Line& line) {
                "line longer than max_line_length (" +
                    std::to_string(looper.config().max_line_length) +
                    " bytes); discarded up to the next newline");
-        return intake_open_;
+        return;
     }
     auto parsed = parse_event(line.text);
     if (auto* r = std::get_if<Rejection>(&parsed))
         reject(looper, r->id, r->reason);
     else
         route(looper, std::move(std::get<Event>(parsed)));
-    return intake_open_;
 }
 
 void Manager::reject(Looper& looper, const std::optional<json>& id, const std::string& reason) {

@@ -20,9 +20,9 @@ class Looper;
 class LooperHost {
   public:
     virtual ~LooperHost() = default;
-    // One complete line from the looper; returns false when no more events can be taken now
-    // (the queue is full), so the looper stops reading until resume().
-    virtual bool looper_line(Looper& looper, const LineReader::Line& line) = 0;
+    // One complete line from the looper. When the queue fills, the host pauses the loopers,
+    // which stops this one dispatching lines until resume().
+    virtual void looper_line(Looper& looper, const LineReader::Line& line) = 0;
     virtual void looper_stopped(Looper& looper) = 0;
 };
 

@@ -97,7 +97,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     int run();
 
     // LooperHost
-    bool looper_line(Looper& looper, const LineReader::Line& line) override;
+    void looper_line(Looper& looper, const LineReader::Line& line) override;
     void looper_stopped(Looper& looper) override;
     // ExecutorHost
     void job_finished(JobId id, const Outcome& outcome) override;
