@@ -243,3 +243,27 @@ def test_check_config_accepts_a_good_file_and_usage_errors(workdir):
     assert r.returncode == 2 and "invalid instance name" in r.stderr
     r = subprocess.run([str(BIN), "--version"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.startswith("loopabull ")
+
+
+def test_playbook_environment_is_small_and_overridable(workdir, supervisor):
+    """Only PATH, HOME, the locale and a few more come from the supervisor; ansible.environment
+    adds variables and overrides kept ones (each name once); secrets in the supervisor's
+    environment do not leak into jobs."""
+    out = workdir / "out" / "env"
+    dump = script(workdir, "dump-env.sh", f"env > {out}\n")
+    answers = workdir / "answers"
+    cfg = cmd_config(workdir, [scripted(lines=[event("good.key", {}, id="e")], answers=str(answers))], dump)
+    cfg["ansible"]["environment"] = {"PATH": "/opt/tools/bin:/usr/bin:/bin", "EXTRA": "yes"}
+    cfg["ansible"]["cfg_file_path"] = str(workdir / "ansible.cfg")
+    (workdir / "ansible.cfg").write_text("[defaults]\n")
+    sup = supervisor(cfg, env={"SUPERVISOR_SECRET": "hunter2", "LANG": "C.UTF-8"})
+    wait_until(lambda: read_answers(answers), what="the answer")
+    names = [line.split("=", 1)[0] for line in out.read_text().splitlines()]
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert len(names) == len(set(names)), names
+    assert env["PATH"] == "/opt/tools/bin:/usr/bin:/bin"
+    assert env["EXTRA"] == "yes"
+    assert env["ANSIBLE_CONFIG"] == str(workdir / "ansible.cfg")
+    assert env["LANG"] == "C.UTF-8"
+    assert "SUPERVISOR_SECRET" not in env and "LOOPABULL_LOOPER_DIR" not in env
+    assert sup.stop() == 0
