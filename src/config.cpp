@@ -693,15 +693,9 @@ void add_legacy_looper(Reader& r, const YAML::Node& at, const std::string& name,
 const std::vector<std::string_view> kReadmeKeys = {"plugin", "path_translator", "routing_keys",
                                                    "ansible", "loglevel"};
 
-void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c) {
-    c.dialect = "legacy-readme";
-    r.mapping(root, "the configuration", kReadmeKeys);
+// What both legacy dialects share: loglevel, the required routing_keys and ansible.
+void read_legacy_common(Reader& r, const YAML::Node& root, Config& c) {
     if (auto v = root["loglevel"]) read_loglevel(r, v, c);
-    if (!root["plugin"])
-        r.error(root, "missing 'plugin' (the looper to run)");
-    else if (auto name = r.nonempty(root["plugin"], "plugin"))
-        add_legacy_looper(r, root["plugin"], *name, json::object(), c);
-    if (auto v = root["path_translator"]) read_layout(r, v, "path_translator", c);
     if (auto v = root["routing_keys"])
         read_routing_keys(r, v, c);
     else
@@ -710,6 +704,17 @@ void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c) {
         read_legacy_ansible(r, v, c);
     else
         r.error(root, "missing the 'ansible' section");
+}
+
+void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c) {
+    c.dialect = "legacy-readme";
+    r.mapping(root, "the configuration", kReadmeKeys);
+    if (!root["plugin"])
+        r.error(root, "missing 'plugin' (the looper to run)");
+    else if (auto name = r.nonempty(root["plugin"], "plugin"))
+        add_legacy_looper(r, root["plugin"], *name, json::object(), c);
+    if (auto v = root["path_translator"]) read_layout(r, v, "path_translator", c);
+    read_legacy_common(r, root, c);
 }
 
 void read_legacy_plugins(Reader& r, const YAML::Node& node, Config& c) {
@@ -737,16 +742,8 @@ const std::vector<std::string_view> kLegacyKeys = {"loglevel", "routing_keys", "
 void read_legacy_007(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "legacy-0.0.7";
     r.mapping(root, "the configuration", kLegacyKeys);
-    if (auto v = root["loglevel"]) read_loglevel(r, v, c);
     read_legacy_plugins(r, root["plugins"], c);
-    if (auto v = root["routing_keys"])
-        read_routing_keys(r, v, c);
-    else
-        r.error(root, "missing 'routing_keys'");
-    if (auto v = root["ansible"])
-        read_legacy_ansible(r, v, c);
-    else
-        r.error(root, "missing the 'ansible' section");
+    read_legacy_common(r, root, c);
 }
 
 void read_document(Reader& r, const YAML::Node& root, Config& c) {
