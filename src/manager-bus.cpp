@@ -318,44 +318,43 @@ int BusApi::on_disconnected(sd_bus_message*, void* userdata, sd_bus_error*) noex
 
 // ---- methods anyone may call ------------------------------------------------------------------
 
+// A method return holding one array, filled item by item.
+template <class Items, class Append>
+int reply_array(sd_bus_message* m, const char* contents, const Items& items, Append append) {
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_message_new_method_return(m, &raw);
+    if (r < 0) return r;
+    BusMessagePtr reply(raw);
+    r = sd_bus_message_open_container(raw, 'a', contents);
+    for (auto& item : items) {
+        if (r < 0) break;
+        r = append(raw, item);
+    }
+    if (r >= 0) r = sd_bus_message_close_container(raw);
+    if (r >= 0) r = sd_bus_send(nullptr, raw, nullptr);
+    return r;
+}
+
 int BusApi::list_loopers(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
     auto* self = static_cast<BusApi*>(userdata);
     return guarded(error, [&] {
-        sd_bus_message* raw = nullptr;
-        int r = sd_bus_message_new_method_return(m, &raw);
-        if (r < 0) return r;
-        BusMessagePtr reply(raw);
-        r = sd_bus_message_open_container(raw, 'a', "(ssuut)");
-        for (auto& l : self->manager_.loopers()) {
-            if (r < 0) break;
-            r = sd_bus_message_append(raw, "(ssuut)", l.name.c_str(), l.state.c_str(),
-                                      static_cast<std::uint32_t>(l.pid > 0 ? l.pid : 0),
-                                      static_cast<std::uint32_t>(l.restarts),
-                                      static_cast<std::uint64_t>(l.events));
-        }
-        if (r >= 0) r = sd_bus_message_close_container(raw);
-        if (r >= 0) r = sd_bus_send(nullptr, raw, nullptr);
-        return r;
+        return reply_array(m, "(ssuut)", self->manager_.loopers(), [](sd_bus_message* raw, const LooperInfo& l) {
+            return sd_bus_message_append(raw, "(ssuut)", l.name.c_str(), l.state.c_str(),
+                                         static_cast<std::uint32_t>(l.pid > 0 ? l.pid : 0),
+                                         static_cast<std::uint32_t>(l.restarts),
+                                         static_cast<std::uint64_t>(l.events));
+        });
     });
 }
 
 int BusApi::list_jobs(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
     auto* self = static_cast<BusApi*>(userdata);
     return guarded(error, [&] {
-        sd_bus_message* raw = nullptr;
-        int r = sd_bus_message_new_method_return(m, &raw);
-        if (r < 0) return r;
-        BusMessagePtr reply(raw);
-        r = sd_bus_message_open_container(raw, 'a', "(tsssts)");
-        for (auto& j : self->manager_.jobs()) {
-            if (r < 0) break;
-            r = sd_bus_message_append(raw, "(tsssts)", static_cast<std::uint64_t>(j.id),
-                                      j.routing_key.c_str(), j.state.c_str(), j.unit.c_str(),
-                                      static_cast<std::uint64_t>(j.started_usec), j.looper.c_str());
-        }
-        if (r >= 0) r = sd_bus_message_close_container(raw);
-        if (r >= 0) r = sd_bus_send(nullptr, raw, nullptr);
-        return r;
+        return reply_array(m, "(tsssts)", self->manager_.jobs(), [](sd_bus_message* raw, const JobInfo& j) {
+            return sd_bus_message_append(raw, "(tsssts)", static_cast<std::uint64_t>(j.id),
+                                         j.routing_key.c_str(), j.state.c_str(), j.unit.c_str(),
+                                         static_cast<std::uint64_t>(j.started_usec), j.looper.c_str());
+        });
     });
 }
 
