@@ -18,7 +18,6 @@ namespace loopabull::log {
 namespace {
 
 thread_local const Fields* g_fields = nullptr;
-bool g_journal = false;
 
 int syslog_priority(spdlog::level::level_enum l) {
     switch (l) {
@@ -91,23 +90,15 @@ Scope::~Scope() {
     g_fields = previous_;
 }
 
-const Fields* current() noexcept {
-    return g_fields;
-}
-
-bool to_journal() noexcept {
-    return g_journal;
-}
-
 void setup(LogLevel level) {
-    g_journal = stderr_is_journal();
+    bool journal = stderr_is_journal();
     spdlog::sink_ptr sink;
-    if (g_journal)
+    if (journal)
         sink = std::make_shared<JournalSink>();
     else
         sink = std::make_shared<spdlog::sinks::stderr_sink_st>();
     auto logger = std::make_shared<spdlog::logger>("loopabull", sink);
-    logger->set_pattern(g_journal ? "%v" : "%Y-%m-%d %H:%M:%S.%e %-7l %v");
+    logger->set_pattern(journal ? "%v" : "%Y-%m-%d %H:%M:%S.%e %-7l %v");
     logger->flush_on(spdlog::level::trace);
     spdlog::set_default_logger(logger);
     set_level(level);

@@ -64,7 +64,6 @@ class Executor {
     std::optional<std::string> start(const JobSpec& spec);
     // Stops every process of the job (SIGTERM, SIGKILL after its grace); result "cancelled".
     bool cancel(JobId id);
-    std::size_t running() const noexcept { return runs_.size(); }
     // The unit a running job is contained in ("" when it runs directly).
     std::string unit(JobId id) const;
 

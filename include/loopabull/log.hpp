@@ -30,10 +30,7 @@ class Scope {
     const Fields* previous_;
 };
 
-const Fields* current() noexcept;
-
 void setup(LogLevel level);
 void set_level(LogLevel level);
-bool to_journal() noexcept;
 
 } // namespace loopabull::log

@@ -65,8 +65,6 @@ class LineReader {
     std::size_t partial_bytes() const noexcept;
     // Whether a newline is buffered, i.e. next() has something to return.
     bool has_line() const noexcept;
-    std::size_t max_line() const noexcept { return max_line_; }
-    void set_max_line(std::size_t n) noexcept { max_line_ = n; }
 
   private:
     void compact();
