@@ -20,6 +20,8 @@
 // left for the next start (cancelled). A file that cannot be turned into an event goes straight
 // to failed/, with the reason on stderr.
 
+#include "looper-kit.hpp"
+
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
@@ -52,75 +54,23 @@
 
 namespace {
 
+using loopabull::UniqueFd;
+namespace kit = loopabull::kit;
+using kit::errno_text;
+using kit::log;
+using kit::shortened;
+using kit::UsageError;
 using nlohmann::json;
 
-// The supervisor's default max_line_length is 1 MiB; staying one byte under it leaves room for
-// the newline whichever way it is counted.
-constexpr std::size_t kMaxLine = 1024 * 1024 - 1;
-constexpr std::size_t kMaxAnswerLine = 64 * 1024;
-constexpr std::size_t kMaxConfigSize = 1024 * 1024;
+constexpr std::size_t kMaxLine = kit::kMaxEventLine;
 constexpr int kMaxDepth = 128;
 constexpr int kMaxFailedSuffix = 10000;
 constexpr mode_t kDirMode = 0750;
-
-class UniqueFd {
-  public:
-    UniqueFd() = default;
-    explicit UniqueFd(int fd) : fd_(fd) {}
-    UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    UniqueFd& operator=(UniqueFd&& other) noexcept {
-        reset(std::exchange(other.fd_, -1));
-        return *this;
-    }
-    UniqueFd(const UniqueFd&) = delete;
-    UniqueFd& operator=(const UniqueFd&) = delete;
-    ~UniqueFd() { reset(); }
-
-    int get() const { return fd_; }
-    explicit operator bool() const { return fd_ >= 0; }
-    int release() { return std::exchange(fd_, -1); }
-    void reset(int fd = -1) {
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = fd;
-    }
-
-  private:
-    int fd_ = -1;
-};
 
 // A file that cannot become an event; it goes to failed/.
 struct BadFile : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
-
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-std::string errnoText(int error) {
-    return std::strerror(error);
-}
-
-// One write per line so the supervisor never sees two loopers' log lines interleaved mid-line.
-template <typename... Parts> void log(const Parts&... parts) {
-    std::string line;
-    (line.append(std::string_view(parts)), ...);
-    line += '\n';
-    std::string_view rest = line;
-    while (!rest.empty()) {
-        ssize_t n = ::write(STDERR_FILENO, rest.data(), rest.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return; // nowhere left to complain to
-        rest.remove_prefix(static_cast<std::size_t>(n));
-    }
-}
-
-// Answers and file contents are untrusted; keep what ends up in the log short.
-std::string shortened(std::string_view text) {
-    constexpr std::size_t kMax = 200;
-    if (text.size() <= kMax) return std::string(text);
-    return std::string(text.substr(0, kMax)) + "...";
-}
 
 bool isWordChar(char c, bool first) {
     bool alnum = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
@@ -279,14 +229,9 @@ bool isBlank(std::string_view text) {
 }
 
 json parseJson(const std::string& text) {
-    // The depth limit keeps a hostile file from overflowing the stack when the body is dumped.
-    auto limitDepth = [](int depth, json::parse_event_t, json&) {
-        if (depth > kMaxDepth) throw BadFile("nested deeper than " + std::to_string(kMaxDepth));
-        return true;
-    };
     try {
-        return json::parse(text, limitDepth);
-    } catch (const json::exception& e) {
+        return kit::parse_untrusted_json(text, kMaxDepth);
+    } catch (const std::exception& e) {
         throw BadFile(e.what());
     }
 }
@@ -313,7 +258,7 @@ std::string readAll(int fd, std::size_t limit) {
     for (;;) {
         ssize_t n = ::read(fd, chunk, sizeof chunk);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) throw BadFile("cannot read: " + errnoText(errno));
+        if (n < 0) throw BadFile("cannot read: " + errno_text(errno));
         if (n == 0) return data;
         data.append(chunk, static_cast<std::size_t>(n));
         if (data.size() > limit) throw BadFile("larger than " + std::to_string(limit) + " bytes");
@@ -321,16 +266,11 @@ std::string readAll(int fd, std::size_t limit) {
 }
 
 std::string eventLine(std::string_view key, const json& body, const std::string& id) {
-    std::string line = "{\"routing_key\":" + json(key).dump() + ",\"body\":";
-    try {
-        line += body.dump(-1, ' ', false, json::error_handler_t::strict);
-    } catch (const json::exception& e) {
-        throw BadFile(e.what()); // invalid UTF-8 in a YAML string
-    }
-    line += ",\"id\":" + json(id).dump() + "}";
-    if (line.size() > kMaxLine)
-        throw BadFile("event larger than " + std::to_string(kMaxLine) + " bytes");
-    return line + '\n';
+    auto line = kit::event_line(key, body, id);
+    if (!line)
+        throw BadFile("invalid UTF-8, or an event larger than " + std::to_string(kMaxLine) +
+                      " bytes");
+    return std::move(*line);
 }
 
 // Which file an event was made from, so a file replaced while its job ran is not deleted unseen.
@@ -349,13 +289,14 @@ struct Event {
 
 UniqueFd openDirectory(int parent, const char* path) {
     UniqueFd fd(::openat(parent, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!fd) throw std::runtime_error(std::string("cannot open ") + path + ": " + errnoText(errno));
+    if (!fd)
+        throw std::runtime_error(std::string("cannot open ") + path + ": " + errno_text(errno));
     return fd;
 }
 
 void makeDirectory(int parent, const std::string& path) {
     if (::mkdirat(parent, path.c_str(), kDirMode) == 0 || errno == EEXIST) return;
-    throw std::runtime_error("cannot create " + path + ": " + errnoText(errno));
+    throw std::runtime_error("cannot create " + path + ": " + errno_text(errno));
 }
 
 // Like mkdir -p, but every directory it creates gets kDirMode: spooled events may hold secrets.
@@ -381,8 +322,8 @@ class Spool {
     void scan();
     void enqueue(std::string name);
     void produce();
-    bool hasOutput() const { return outPos_ < out_.size(); }
-    void flush(int fd);
+    bool hasOutput() const { return !out_.empty(); }
+    void flush(int fd) { out_.flush(fd); }
     void answer(std::string_view line);
 
   private:
@@ -400,8 +341,7 @@ class Spool {
     std::deque<std::string> queue_;
     std::unordered_set<std::string> queued_;
     std::unordered_map<std::string, Identity> inFlight_;
-    std::string out_;
-    std::size_t outPos_ = 0;
+    kit::Outbox out_;
 };
 
 void Spool::openFailed() {
@@ -413,7 +353,7 @@ void Spool::scan() {
     // A fresh descriptor, because readdir keeps its position in it and closedir closes it.
     UniqueFd copy(::openat(dir_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     std::unique_ptr<DIR, int (*)(DIR*)> dir(copy ? ::fdopendir(copy.get()) : nullptr, ::closedir);
-    if (!dir) throw std::runtime_error("cannot list " + path_ + ": " + errnoText(errno));
+    if (!dir) throw std::runtime_error("cannot list " + path_ + ": " + errno_text(errno));
     copy.release();
     std::vector<std::string> names;
     while (const dirent* entry = ::readdir(dir.get()))
@@ -446,8 +386,7 @@ void Spool::process(const std::string& name) {
         auto event = load(name);
         if (!event) return;
         inFlight_[name] = event->identity;
-        out_ = std::move(event->line);
-        outPos_ = 0;
+        out_.push(std::move(event->line));
     } catch (const BadFile& e) {
         log(name, ": ", e.what(), "; moving it to failed/");
         moveToFailed(name);
@@ -463,9 +402,9 @@ std::optional<Event> Spool::load(const std::string& name) {
                          O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
     if (!fd && errno == ENOENT) return std::nullopt;
     if (!fd && errno == ELOOP) throw BadFile("is a symbolic link");
-    if (!fd) throw BadFile("cannot open: " + errnoText(errno));
+    if (!fd) throw BadFile("cannot open: " + errno_text(errno));
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw BadFile("cannot stat: " + errnoText(errno));
+    if (::fstat(fd.get(), &st) != 0) throw BadFile("cannot stat: " + errno_text(errno));
     if (!S_ISREG(st.st_mode)) throw BadFile("not a regular file");
     json body = parseBody(parts->extension, readAll(fd.get(), kMaxLine));
     return Event{eventLine(parts->key, body, name), Identity{st.st_dev, st.st_ino}};
@@ -473,25 +412,10 @@ std::optional<Event> Spool::load(const std::string& name) {
 
 // A pipe write of at most PIPE_BUF bytes after POLLOUT never blocks, whether or not the
 // supervisor made our stdout non-blocking.
-void Spool::flush(int fd) {
-    std::size_t size = std::min<std::size_t>(out_.size() - outPos_, PIPE_BUF);
-    ssize_t n = ::write(fd, out_.data() + outPos_, size);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
-    if (n < 0) throw std::runtime_error("cannot write events: " + errnoText(errno));
-    outPos_ += static_cast<std::size_t>(n);
-    if (!hasOutput()) out_.clear();
-}
-
-std::optional<std::string> stringField(const json& object, const char* key) {
-    auto it = object.find(key);
-    if (it == object.end() || !it->is_string()) return std::nullopt;
-    return it->get<std::string>();
-}
-
 void Spool::answer(std::string_view line) {
     if (isBlank(line)) return;
     json answer = json::parse(line, nullptr, false);
-    auto id = answer.is_object() ? stringField(answer, "id") : std::nullopt;
+    auto id = answer.is_object() ? kit::string_field(answer, "id") : std::nullopt;
     if (!id) {
         log("ignoring an answer without a string id: ", shortened(line));
         return;
@@ -511,7 +435,7 @@ std::optional<Identity> identityOf(int dir, const std::string& name) {
 }
 
 void Spool::settle(const std::string& name, Identity identity, const json& answer) {
-    auto result = stringField(answer, "result").value_or("");
+    auto result = kit::string_field(answer, "result").value_or("");
     if (result == "cancelled") return; // left on disk; the next start delivers it again
     auto current = identityOf(dir_.get(), name);
     if (!current) {
@@ -529,7 +453,7 @@ std::string describe(const std::string& result, const json& answer) {
     auto code = answer.find("exit_code");
     if (code != answer.end() && code->is_number_integer())
         text += " (exit code " + code->dump() + ")";
-    if (auto error = stringField(answer, "error")) text += ": " + shortened(*error);
+    if (auto error = kit::string_field(answer, "error")) text += ": " + shortened(*error);
     return text;
 }
 
@@ -538,7 +462,7 @@ void Spool::finish(const std::string& name, const std::string& result, const jso
         if (result == "unrouted")
             log(name, ": unrouted (no playbook, or not in routing_keys); removing it");
         if (::unlinkat(dir_.get(), name.c_str(), 0) != 0 && errno != ENOENT)
-            log(name, ": cannot remove: ", errnoText(errno));
+            log(name, ": cannot remove: ", errno_text(errno));
     } else if (result == "failed" || result == "timeout" || result == "rejected") {
         log(name, ": ", describe(result, answer), "; moving it to failed/");
         moveToFailed(name);
@@ -573,74 +497,16 @@ void Spool::moveToFailed(const std::string& name) {
             --suffix;
             continue;
         }
-        log(name, ": cannot move it to failed/: ", errnoText(errno));
+        log(name, ": cannot move it to failed/: ", errno_text(errno));
         return;
     }
     log(name, ": cannot move it to failed/: too many files of that name there");
 }
 
-// ---- Answers on stdin -----------------------------------------------------------------------
-
-// Splits stdin into lines, keeping at most kMaxAnswerLine bytes of an unfinished one.
-class LineReader {
-  public:
-    // Returns false on end of file.
-    template <typename Handler> bool read(int fd, Handler&& handle) {
-        char chunk[65536];
-        ssize_t n = ::read(fd, chunk, sizeof chunk);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN) return true;
-            throw std::runtime_error("cannot read answers: " + errnoText(errno));
-        }
-        if (n == 0) return false;
-        feed(std::string_view(chunk, static_cast<std::size_t>(n)), handle);
-        return true;
-    }
-
-  private:
-    template <typename Handler> void feed(std::string_view data, Handler& handle) {
-        for (auto newline = data.find('\n'); newline != std::string_view::npos;
-             newline = data.find('\n')) {
-            append(data.substr(0, newline));
-            if (!skipping_) handle(std::string_view(buffer_));
-            buffer_.clear();
-            skipping_ = false;
-            data.remove_prefix(newline + 1);
-        }
-        append(data);
-    }
-
-    void append(std::string_view data) {
-        if (skipping_) return;
-        if (buffer_.size() + data.size() <= kMaxAnswerLine) {
-            buffer_.append(data);
-            return;
-        }
-        log("ignoring an answer longer than ", std::to_string(kMaxAnswerLine), " bytes");
-        buffer_.clear();
-        skipping_ = true;
-    }
-
-    std::string buffer_;
-    bool skipping_ = false;
-};
-
 // ---- Setup ----------------------------------------------------------------------------------
 
 json readConfig() {
-    const char* path = std::getenv("LOOPABULL_CONFIG_FILE");
-    if (!path || !*path) return json::object();
-    UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
-    if (!fd)
-        throw std::runtime_error(std::string("cannot open config ") + path + ": " +
-                                 errnoText(errno));
-    json config;
-    try {
-        config = json::parse(readAll(fd.get(), kMaxConfigSize));
-    } catch (const std::exception& e) {
-        throw std::runtime_error(std::string("bad config ") + path + ": " + e.what());
-    }
-    if (!config.is_object()) throw std::runtime_error("the config is not a JSON object");
+    json config = kit::read_config();
     for (const auto& item : config.items())
         if (item.key() != "directory")
             log("ignoring unknown config key '", shortened(item.key()), "'");
@@ -668,33 +534,13 @@ std::string chooseDirectory(int argc, char** argv) {
     return it->get<std::string>();
 }
 
-void checkProtocol() {
-    const char* protocol = std::getenv("LOOPABULL_PROTOCOL");
-    if (protocol && std::string_view(protocol) != "1")
-        throw std::runtime_error(std::string("unsupported protocol version ") + protocol);
-}
-
-// SIGTERM and SIGINT arrive as readable data so the main loop can exit 0 between two steps.
-UniqueFd stopSignals() {
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
-        throw std::runtime_error("cannot block signals: " + errnoText(errno));
-    UniqueFd fd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
-    if (!fd) throw std::runtime_error("cannot create signalfd: " + errnoText(errno));
-    ::signal(SIGPIPE, SIG_IGN); // a vanished supervisor shows up as EPIPE instead
-    return fd;
-}
-
 UniqueFd watch(const Spool& spool) {
     UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
-    if (!fd) throw std::runtime_error("cannot create inotify instance: " + errnoText(errno));
+    if (!fd) throw std::runtime_error("cannot create inotify instance: " + errno_text(errno));
     constexpr uint32_t mask =
         IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK;
     if (::inotify_add_watch(fd.get(), spool.path().c_str(), mask) < 0)
-        throw std::runtime_error("cannot watch " + spool.path() + ": " + errnoText(errno));
+        throw std::runtime_error("cannot watch " + spool.path() + ": " + errno_text(errno));
     return fd;
 }
 
@@ -706,7 +552,7 @@ void readInotify(int fd, Spool& spool) {
         ssize_t n = ::read(fd, buffer, sizeof buffer);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return;
-        if (n <= 0) throw std::runtime_error("cannot read inotify events: " + errnoText(errno));
+        if (n <= 0) throw std::runtime_error("cannot read inotify events: " + errno_text(errno));
         for (char* p = buffer; p < buffer + n;) {
             const auto* event = reinterpret_cast<const inotify_event*>(p);
             p += sizeof(inotify_event) + event->len;
@@ -732,7 +578,7 @@ void checkStillThere(const Spool& spool) {
 
 int run(Spool& spool, int inotify, int signals) {
     constexpr int kCheckIntervalMs = 5000;
-    LineReader answers;
+    kit::AnswerReader answers;
     auto onAnswer = [&spool](std::string_view line) { spool.answer(line); };
     for (;;) {
         checkStillThere(spool);
@@ -743,7 +589,7 @@ int run(Spool& spool, int inotify, int signals) {
                         {spool.hasOutput() ? STDOUT_FILENO : -1, POLLOUT, 0}};
         if (::poll(fds, std::size(fds), kCheckIntervalMs) < 0) {
             if (errno == EINTR) continue;
-            throw std::runtime_error("poll failed: " + errnoText(errno));
+            throw std::runtime_error("poll failed: " + errno_text(errno));
         }
         if (fds[0].revents) {
             log("stopping on a signal");
@@ -756,8 +602,8 @@ int run(Spool& spool, int inotify, int signals) {
 }
 
 int start(int argc, char** argv) {
-    checkProtocol();
-    auto signals = stopSignals();
+    kit::check_protocol();
+    auto signals = kit::stop_signals();
     std::string directory = chooseDirectory(argc, argv);
     makeDirectories(directory);
     Spool spool(directory);
