@@ -154,14 +154,17 @@ void Outbox::flush(int fd) {
     }
 }
 
-std::optional<std::string> event_line(std::string_view key, const json& body, std::string_view id) {
-    std::string line = "{\"routing_key\":" + json(key).dump() + ",\"body\":";
+std::optional<std::string> event_line(std::string_view key, const json& body,
+                                      std::string_view id) {
+    constexpr auto strict = json::error_handler_t::strict;
+    std::string line;
     try {
-        line += body.dump(-1, ' ', false, json::error_handler_t::strict);
+        line = "{\"routing_key\":" + json(key).dump(-1, ' ', false, strict) +
+               ",\"body\":" + body.dump(-1, ' ', false, strict) +
+               ",\"id\":" + json(id).dump(-1, ' ', false, strict) + "}";
     } catch (const json::exception&) {
-        return std::nullopt;
+        return std::nullopt; // invalid UTF-8
     }
-    line += ",\"id\":" + json(id).dump() + "}";
     if (line.size() > kMaxEventLine) return std::nullopt;
     return line + '\n';
 }

@@ -123,6 +123,7 @@ def test_malformed_messages_are_dropped_and_named(workdir, supervisor, publisher
     publisher.send(HELLO, b"not json")
     publisher.send(HELLO, b"[1, 2]")
     publisher.sock.send(b"one frame only")
+    publisher.sock.send_multipart([b"org.\xff.bad", b"{}"])
     publisher.send(HELLO, b'{"msg": ' * 200 + b"1" + b"}" * 200)
     publisher.send(HELLO, envelope(HELLO, 7, out))
     wait_until(lambda: 7 in recorded(out), 120, what="the good message after the bad ones")
@@ -130,6 +131,7 @@ def test_malformed_messages_are_dropped_and_named(workdir, supervisor, publisher
     sup.wait_log(r"looper bus: dropping .*the envelope is not a JSON object")
     sup.wait_log(r"looper bus: dropping a message of 1 frames")
     sup.wait_log(r"looper bus: dropping .*nested deeper than 128")
+    sup.wait_log(r"looper bus: dropping a message on 'org\..*\.bad': invalid UTF-8")
     assert "looper bus (pid" not in sup.log  # it never exited
     assert sup.stop() == 0
     assert sorted(recorded(out)) == [7]
