@@ -298,6 +298,8 @@ void Looper::flush_answers() {
     bool waiting = !outbox_.empty() && stdin_;
     if (stdin_source_)
         sd_event_source_set_enabled(stdin_source_.get(), waiting ? SD_EVENT_ON : SD_EVENT_OFF);
+    // Its events then wait in its own pipe, not in our read buffer.
+    if (outbox_.size() > kOutboxLimit) set_reading(false);
     if (outbox_.size() > kOutboxLimit && !outbox_warned_) {
         outbox_warned_ = true;
         spdlog::warn("looper {} does not read its answers ({} bytes waiting); its events are not "
