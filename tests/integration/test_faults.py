@@ -366,7 +366,7 @@ def test_sigkill_the_supervisor_during_200_spool_events(workdir, figures):
                       loglevel="info")
     cfg["ansible"]["playbook_cmd"] = str(job)
     vars_dir = workdir / "run" / "vars"
-    stale_removed, landed_in_jobs, moments = 0, 0, []
+    stale_removed, landed_in_jobs, moments, processes_seen = 0, 0, [], 0
     for k in range(kills):
         d = workdir / f"run-{k}"
         d.mkdir()
@@ -378,11 +378,14 @@ def test_sigkill_the_supervisor_during_200_spool_events(workdir, figures):
         moment = rng.uniform(0.05, 0.6)
         moments.append(round(moment, 3))
         time.sleep(moment)
-        running = len([f for f in os.listdir(vars_dir)])
+        running = len(os.listdir(vars_dir))
         landed_in_jobs += running > 0
+        tree = descendants(sup.proc.pid)
         sup.kill()
         # The looper and the jobs die with the supervisor (PR_SET_PDEATHSIG).
-        wait_until(lambda: not leftovers(workdir), 5, what=f"no process left after kill {k + 1}")
+        wait_until(lambda: not [p for p in tree if alive(p)] and not leftovers(workdir), 5,
+                   what=f"no process left after kill {k + 1}")
+        processes_seen += len(tree)
     (workdir / "final").mkdir()
     final = Supervisor(workdir / "final", cfg)
     stale_removed += sum(int(x) for x in re.findall(r"removed (\d+) vars files", final.log))
@@ -399,7 +402,8 @@ def test_sigkill_the_supervisor_during_200_spool_events(workdir, figures):
     figures.update(events=n, kills=kills, seed=seed, kill_moments_s=moments,
                    kills_with_jobs_running=landed_in_jobs, runs=len(ran),
                    events_run_twice_or_more=len(ran) - len(set(ran)), lost=n - len(set(ran)),
-                   stale_vars_files_removed_at_restart=stale_removed, processes_left=0)
+                   stale_vars_files_removed_at_restart=stale_removed,
+                   processes_killed_with_it=processes_seen, processes_left=0)
 
 
 @pytest.fixture
