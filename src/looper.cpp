@@ -84,7 +84,9 @@ Looper::Looper(sd_event* event, LooperHost& host, LooperConfig config, std::stri
         sd_event_source_set_enabled(s, SD_EVENT_OFF);
         describe(s, config_.name, "resume");
     }
-    if (sd_event_add_time(event_, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, this) >= 0) {
+    // Accuracy 1 ms: sd-event's default (0) lets a timer fire up to 250 ms late, which would
+    // more than triple a 100 ms restart_delay.
+    if (sd_event_add_time(event_, &s, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_timer, this) >= 0) {
         timer_.reset(s);
         sd_event_source_set_enabled(s, SD_EVENT_OFF);
         describe(s, config_.name, "timer");
@@ -298,6 +300,8 @@ void Looper::flush_answers() {
     bool waiting = !outbox_.empty() && stdin_;
     if (stdin_source_)
         sd_event_source_set_enabled(stdin_source_.get(), waiting ? SD_EVENT_ON : SD_EVENT_OFF);
+    // Its events then wait in its own pipe, not in our read buffer.
+    if (outbox_.size() > kOutboxLimit) set_reading(false);
     if (outbox_.size() > kOutboxLimit && !outbox_warned_) {
         outbox_warned_ = true;
         spdlog::warn("looper {} does not read its answers ({} bytes waiting); its events are not "

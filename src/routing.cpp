@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace loopabull {
@@ -42,9 +43,11 @@ std::optional<std::string> word_error(std::string_view w, bool wildcards) {
     auto bad = std::find_if_not(w.begin(), w.end(), word_char);
     if (bad == w.end()) return std::nullopt;
     std::string msg = "character ";
-    if (static_cast<unsigned char>(*bad) < 0x20 || static_cast<unsigned char>(*bad) >= 0x7f)
-        msg += "0x" + std::to_string(static_cast<unsigned char>(*bad));
-    else
+    if (static_cast<unsigned char>(*bad) < 0x20 || static_cast<unsigned char>(*bad) >= 0x7f) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(*bad));
+        msg += hex;
+    } else
         msg += std::string("'") + *bad + "'";
     return msg + " not allowed (letters, digits, '_' and '-' only)";
 }

@@ -53,7 +53,7 @@ class Supervisor:
     """One loopabull process with a config written from a dict."""
 
     def __init__(self, tmp: Path, config: dict, instance="test", env=None, preexec=None,
-                 user=None, args=()):
+                 user=None, args=(), wrapper=()):
         self.tmp = tmp
         self.config_path = tmp / "loopabull.yml"
         self.log_path = tmp / "loopabull.log"
@@ -75,7 +75,7 @@ class Supervisor:
                 os.setuid(pw.pw_uid)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN), "--instance", instance, *args, str(self.config_path)],
+            [*wrapper, str(BIN), "--instance", instance, *args, str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=e, cwd=tmp,
             preexec_fn=preexec)
         self.wait_log(r"running with \d+ looper", what="the supervisor to start")
