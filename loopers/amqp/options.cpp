@@ -341,6 +341,11 @@ Options parse_options(const json& config, const Environment& env) {
     read_endpoints(config, o);
     if (config.contains("credentials")) read_credentials(config["credentials"], o);
     if (config.contains("tls")) read_tls(config["tls"], o);
+    // rabbitmq-c verifies the broker only against the CA it is given.
+    for (const auto& e : o.endpoints)
+        if (e.tls && (!o.tls || o.tls->ca_cert.empty()))
+            throw ConfigError("TLS (amqps://, or a 'tls' section) needs 'tls.ca_cert', the CA "
+                              "that signed the broker's certificate");
     read_sasl(config, o);
     read_queue(config, o);
     read_dead_letter(config, o);

@@ -109,6 +109,8 @@ TEST(AmqpOptions, ErrorsNameTheField) {
     EXPECT_EQ(error_of({{"queue", "q"}, {"heartbeat", "soon"}}).substr(0, 12), "'heartbeat':");
     EXPECT_EQ(error_of({{"queue", "q"}, {"tls", {{"certfile", "/c"}}}}),
               "'tls.certfile' and 'tls.keyfile' go together: give both or neither");
+    EXPECT_EQ(error_of({{"queue", "q"}, {"url", "amqps://h"}}).substr(0, 50),
+              "TLS (amqps://, or a 'tls' section) needs 'tls.ca_c");
     EXPECT_EQ(error_of({{"queue", "q"}, {"bindings", {{{"exchange", "e"}}}}}),
               "'bindings[0]' has no 'routing_keys'");
 }
