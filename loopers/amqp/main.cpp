@@ -346,13 +346,14 @@ UniqueFd stop_signals() {
     return fd;
 }
 
-int start() {
+int start(bool check_only) {
     const char* protocol = std::getenv("LOOPABULL_PROTOCOL");
     if (protocol && std::string_view(protocol) != "1")
         throw std::runtime_error(std::string("unsupported protocol version ") + protocol);
     auto options = parse_options(read_config(), read_environment());
     for (const auto& w : options.warnings)
         log("warning: ", w);
+    if (check_only) return 0;
     auto signals = stop_signals();
     AmqpLooper looper(std::move(options));
     return looper.run(signals.get());
@@ -361,14 +362,15 @@ int start() {
 } // namespace
 
 int main(int argc, char** argv) {
-    if (argc > 1) {
-        std::printf("usage: %s (configured by the JSON file named by $LOOPABULL_CONFIG_FILE; "
-                    "see loopabull-amqp(7))\n",
+    bool check_only = argc == 2 && std::string_view(argv[1]) == "--check-config";
+    if (argc > 1 && !check_only) {
+        std::printf("usage: %s [--check-config] (configured by the JSON file named by "
+                    "$LOOPABULL_CONFIG_FILE; see loopabull-amqp(7))\n",
                     argv[0]);
         return std::string_view(argv[1]) == "--help" ? 0 : 2;
     }
     try {
-        return start();
+        return start(check_only);
     } catch (const ConfigError& e) {
         log("invalid config: ", e.what());
         return 1;

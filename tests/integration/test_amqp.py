@@ -277,3 +277,23 @@ def test_bad_option_is_named_and_consumer_timeout_trap_is_warned(tmp_path, broke
     finally:
         if sup.proc.poll() is None:
             sup.kill()
+
+
+def test_example_config_passes_the_loopers_own_check(tmp_path):
+    import subprocess
+    import yaml
+    from conftest import LOOPER_DIR, ROOT
+    example = yaml.safe_load((ROOT / "examples" / "configs" / "amqp.yml").read_text())
+    cfg = tmp_path / "looper.json"
+
+    def check(config, env=None):
+        cfg.write_text(json.dumps(config))
+        return subprocess.run([str(LOOPER_DIR / "amqp"), "--check-config"], capture_output=True,
+                              text=True, env={**os.environ, "LOOPABULL_CONFIG_FILE": str(cfg),
+                                              **(env or {})})
+    good = example["loopers"][0]["config"]
+    r = check(good, {"LOOPABULL_JOB_TIMEOUT": "1200"})  # executor.timeout: 20min
+    assert (r.returncode, r.stderr) == (0, "")
+    r = check({**good, "tls": {"certfile": "/c.pem"}})
+    assert r.returncode == 1
+    assert "'tls.certfile' and 'tls.keyfile' go together" in r.stderr

@@ -624,7 +624,8 @@ def test_stopping_state_refuses_pause(bus, instance):
 
 @pytest.mark.skipif(shutil.which("man") is None or shutil.which("groff") is None,
                     reason="man (man-db) and groff are needed")
-@pytest.mark.parametrize("page", ["loopabullctl.1", "org.loopabull.Loopabull1.5", "loopabull.8"])
+@pytest.mark.parametrize("page", ["loopabullctl.1", "org.loopabull.Loopabull1.5", "loopabull.8",
+                                  "loopabull-amqp.7", "loopabull-looper.7"])
 def test_man_page_renders_without_warnings(page):
     path = ROOT / "man" / page
     for cmd in (["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", str(path)],
