@@ -186,7 +186,9 @@ void AmqpLooper::lost(const std::string& reason) {
 
 void AmqpLooper::drain() {
     try {
-        for (;;) {
+        // Bounded, in case rabbitmq-c ever reports buffered bytes it cannot make a frame of
+        // yet: the next poll() tick comes back here.
+        for (int idle = 0; idle < 16;) {
             auto item = broker_->next();
             if (auto* in = std::get_if<Incoming>(&item))
                 on_delivery(std::move(*in));
@@ -194,6 +196,8 @@ void AmqpLooper::drain() {
                 on_confirm(*c);
             else if (!broker_->buffered())
                 return;
+            else
+                ++idle;
         }
     } catch (const BrokerError& e) {
         lost(e.what());
