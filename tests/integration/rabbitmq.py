@@ -26,14 +26,48 @@ def available():
     return os.path.exists(SERVER) and os.geteuid() == 0
 
 
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certificates(d):
+    """A CA, a server certificate for localhost and a client certificate whose CN is the
+    broker user "guest" (for SASL EXTERNAL)."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=loopabull test CA", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    for name, cn in (("server", "localhost"), ("client", "guest")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+                *(["-extfile", "san.ext"] if name == "server" else []), cwd=d)
+
+
 class RabbitMQ:
-    def __init__(self):
+    def __init__(self, tls=False):
         self.dir = Path(tempfile.mkdtemp(prefix="loopabull-rabbit-"))
         self.name = f"loopabull{os.getpid()}x{free_port()}@localhost"
         self.port = free_port()
-        (self.dir / "rabbitmq.conf").write_text(
-            "listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n" % self.port)
-        (self.dir / "enabled_plugins").write_text("[].\n")
+        conf = "listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n" % self.port
+        plugins = "[]."
+        self.tls_port = None
+        if tls:
+            self.tls_port = free_port()
+            make_certificates(self.dir)
+            conf += "\n".join([
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+                f"ssl_options.cacertfile = {self.dir}/ca.pem",
+                f"ssl_options.certfile = {self.dir}/server.pem",
+                f"ssl_options.keyfile = {self.dir}/server.key",
+                "ssl_options.verify = verify_peer",
+                "ssl_options.fail_if_no_peer_cert = true",
+                "auth_mechanisms.1 = PLAIN",
+                "auth_mechanisms.2 = EXTERNAL",
+                "ssl_cert_login_from = common_name", ""])
+            plugins = "[rabbitmq_auth_mechanism_ssl]."
+        (self.dir / "rabbitmq.conf").write_text(conf)
+        (self.dir / "enabled_plugins").write_text(plugins + "\n")
         (self.dir / "mnesia").mkdir()
         (self.dir / "log").mkdir()
         pw = pwd.getpwnam("rabbitmq")

@@ -297,3 +297,31 @@ def test_example_config_passes_the_loopers_own_check(tmp_path):
     r = check({**good, "tls": {"certfile": "/c.pem"}})
     assert r.returncode == 1
     assert "'tls.certfile' and 'tls.keyfile' go together" in r.stderr
+
+
+def test_tls_with_a_client_certificate(tmp_path):
+    """As Fedora Messaging's brokers: amqps, the broker checked against a CA, and the client
+    authenticated by its certificate (SASL EXTERNAL, the certificate's CN is the user)."""
+    tls_broker = rabbitmq.RabbitMQ(tls=True)
+    try:
+        script, record = setup_dir(tmp_path, ["amqp.ok"])
+        d = tls_broker.dir
+        cfg = amqp_config(tmp_path, tls_broker, "tls", script,
+                          url=f"amqps://localhost:{tls_broker.tls_port}/%2F",
+                          tls={"ca_cert": str(d / "ca.pem"), "certfile": str(d / "client.pem"),
+                               "keyfile": str(d / "client.key")})
+        sup = Supervisor(tmp_path, cfg)
+        try:
+            sup.wait_log("consuming queue 'tls' on localhost")
+            tls_broker.publish("amqp.ok", [b'{"secure": true}'], message_ids=["over-tls"])
+            wait_until(lambda: [r for r in records(record) if r["stage"] == "done"], 60,
+                       what="the message to run")
+            wait_empty(tls_broker, "tls")
+            assert "EXTERNAL" in tls_broker.ctl("list_connections", "--no-table-headers",
+                                                "auth_mechanism", "ssl")
+            assert sup.stop() == 0
+        finally:
+            if sup.proc.poll() is None:
+                sup.kill()
+    finally:
+        tls_broker.close()
