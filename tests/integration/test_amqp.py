@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Supervisor, base_config, needs_ansible, wait_until
-import rabbitmq
+pytest.importorskip("pika", reason="needs python3-pika (Debian) for the test publisher")
+import rabbitmq  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not rabbitmq.available(),
                                 reason="needs rabbitmq-server (Debian's) and root for its wrapper")
