@@ -75,9 +75,10 @@ std::string_view to_string(LooperState s) noexcept {
 }
 
 Looper::Looper(sd_event* event, LooperHost& host, LooperConfig config, std::string instance,
-               unsigned max_parallel)
+               unsigned max_parallel, usec job_timeout)
     : event_(event), host_(host), config_(std::move(config)), instance_(std::move(instance)),
-      max_parallel_(max_parallel), events_reader_(config_.max_line_length) {
+      max_parallel_(max_parallel), job_timeout_(job_timeout),
+      events_reader_(config_.max_line_length) {
     sd_event_source* s = nullptr;
     if (sd_event_add_defer(event_, &s, on_deferred, this) >= 0) {
         defer_.reset(s);
@@ -127,6 +128,8 @@ std::vector<std::string> Looper::environment() const {
     env.push_back("LOOPABULL_LOOPER=" + config_.name);
     env.push_back("LOOPABULL_CONFIG_FILE=/proc/self/fd/3");
     env.push_back("LOOPABULL_MAX_PARALLEL=" + std::to_string(max_parallel_));
+    auto timeout_s = std::chrono::duration_cast<std::chrono::seconds>(job_timeout_).count();
+    if (timeout_s > 0) env.push_back("LOOPABULL_JOB_TIMEOUT=" + std::to_string(timeout_s));
     return env;
 }
 

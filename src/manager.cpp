@@ -308,8 +308,9 @@ void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
             retiring_.back()->stop();
             loopers_.erase(it);
         }
-        auto looper = std::make_unique<Looper>(event_.get(), *this, lc, options_.instance,
-                                               config_.executor.max_parallel);
+        auto looper =
+            std::make_unique<Looper>(event_.get(), *this, lc, options_.instance,
+                                     config_.executor.max_parallel, config_.executor.timeout);
         auto& ref = *looper;
         loopers_.emplace(lc.name, std::move(looper));
         if (!intake_open_) ref.pause();

@@ -32,7 +32,7 @@ std::string_view to_string(LooperState s) noexcept;
 class Looper {
   public:
     Looper(sd_event* event, LooperHost& host, LooperConfig config, std::string instance,
-           unsigned max_parallel);
+           unsigned max_parallel, usec job_timeout = usec(0));
     ~Looper();
     Looper(const Looper&) = delete;
     Looper& operator=(const Looper&) = delete;
@@ -86,6 +86,7 @@ class Looper {
     LooperConfig config_;
     std::string instance_;
     unsigned max_parallel_;
+    usec job_timeout_; // for loopers whose source redelivers unacknowledged work after a while
 
     LooperState state_ = LooperState::stopped;
     pid_t pid_ = -1;

@@ -1,0 +1,385 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//
+// amqp: the bundled looper that consumes a RabbitMQ (AMQP 0-9-1) queue, as Fedora Messaging
+// deployments do, and acknowledges each message only once the supervisor has answered for it.
+// Installed as `amqp` and as `fedmsgrabbitmq` (the 0.0.7 looper's name; both read the same
+// options, see options.hpp and loopabull-amqp(7)).
+//
+// One thread: poll() waits on the broker's socket, the answers on stdin, stdout when events
+// wait to be written, and a signalfd. rabbitmq-c reads ahead, so whatever it has buffered is
+// drained before every poll().
+
+#include "broker.hpp"
+#include "message.hpp"
+#include "options.hpp"
+#include "policy.hpp"
+
+#include <loopabull/unique-fd.hpp>
+
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace {
+
+using namespace loopabull::amqp;
+using loopabull::UniqueFd;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kMaxConfigSize = 1024 * 1024;
+constexpr std::size_t kMaxAnswerLine = 64 * 1024;
+// Heartbeats are sent and checked only when we call into rabbitmq-c: wake up at least this often.
+constexpr int kTickMs = 1000;
+
+// One write per line so lines of several loopers never interleave in the supervisor's log.
+template <typename... Parts> void log(const Parts&... parts) {
+    std::string line;
+    (line.append(std::string_view(parts)), ...);
+    line += '\n';
+    [[maybe_unused]] auto n = ::write(STDERR_FILENO, line.data(), line.size());
+}
+
+std::string shortened(std::string_view text) {
+    constexpr std::size_t kMax = 200;
+    return text.size() <= kMax ? std::string(text) : std::string(text.substr(0, kMax)) + "...";
+}
+
+std::string read_file(const char* path) {
+    UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+    if (!fd)
+        throw std::runtime_error(std::string("cannot open config ") + path + ": " +
+                                 std::strerror(errno));
+    std::string data;
+    char chunk[65536];
+    for (ssize_t n; (n = ::read(fd.get(), chunk, sizeof chunk)) != 0;) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0)
+            throw std::runtime_error(std::string("cannot read config: ") + std::strerror(errno));
+        data.append(chunk, static_cast<std::size_t>(n));
+        if (data.size() > kMaxConfigSize) throw std::runtime_error("config larger than 1 MiB");
+    }
+    return data;
+}
+
+json read_config() {
+    const char* path = std::getenv("LOOPABULL_CONFIG_FILE");
+    if (!path || !*path) return json::object();
+    json config = json::parse(read_file(path), nullptr, false);
+    if (config.is_discarded()) throw ConfigError("the config is not JSON");
+    return config;
+}
+
+Environment read_environment() {
+    Environment env;
+    if (const char* p = std::getenv("LOOPABULL_MAX_PARALLEL"))
+        env.max_parallel = static_cast<unsigned>(std::strtoul(p, nullptr, 10));
+    if (const char* t = std::getenv("LOOPABULL_JOB_TIMEOUT"); t && *t)
+        env.job_timeout = seconds(std::strtoll(t, nullptr, 10));
+    return env;
+}
+
+// Events wait here until stdout takes them; each remembers its connection, so events of a
+// connection that died before they were written are dropped (the broker delivers them again).
+class Output {
+  public:
+    void push(std::uint64_t generation, std::string line) {
+        lines_.emplace_back(generation, std::move(line));
+    }
+    void drop_before(std::uint64_t generation) {
+        std::erase_if(lines_, [generation](const auto& l) { return l.first < generation; });
+    }
+    bool pending() const { return pos_ < current_.size() || !lines_.empty(); }
+
+    // At most PIPE_BUF bytes after POLLOUT: such a write never blocks.
+    void flush(int fd) {
+        if (pos_ == current_.size()) {
+            if (lines_.empty()) return;
+            current_ = std::move(lines_.front().second);
+            lines_.pop_front();
+            pos_ = 0;
+        }
+        std::size_t size = std::min<std::size_t>(current_.size() - pos_, PIPE_BUF);
+        ssize_t n = ::write(fd, current_.data() + pos_, size);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+        if (n < 0)
+            throw std::runtime_error(std::string("cannot write events: ") + std::strerror(errno));
+        pos_ += static_cast<std::size_t>(n);
+    }
+
+  private:
+    std::deque<std::pair<std::uint64_t, std::string>> lines_;
+    std::string current_;
+    std::size_t pos_ = 0;
+};
+
+class AmqpLooper {
+  public:
+    explicit AmqpLooper(Options options)
+        : options_(std::move(options)), delay_(options_.reconnect_delay) {}
+
+    int run(int signals);
+
+  private:
+    void connect();
+    void lost(const std::string& reason);
+    void drain();
+    void on_delivery(Incoming in);
+    void on_confirm(const Confirm& c);
+    void on_answer(std::string_view line);
+    void settle(Delivery d, const std::string& result, const json& answer);
+    bool read_answers();
+    int poll_timeout() const;
+
+    Options options_;
+    Ledger ledger_;
+    std::unique_ptr<Broker> broker_;
+    std::map<std::uint64_t, std::uint64_t> confirms_; // publish seq -> tag of the original
+    std::size_t endpoint_ = 0;
+    seconds delay_;
+    Clock::time_point next_attempt_{};
+    Output out_;
+    std::string answer_;
+    bool skipping_ = false;
+};
+
+void AmqpLooper::connect() {
+    const Endpoint& e = options_.endpoints[endpoint_ % options_.endpoints.size()];
+    try {
+        broker_ = std::make_unique<Broker>(options_, e);
+        log("consuming queue '", options_.queue.name, "' on ", e.host, ":", std::to_string(e.port),
+            " vhost ", e.vhost, " (prefetch ", std::to_string(options_.prefetch), ")");
+        delay_ = options_.reconnect_delay;
+    } catch (const BrokerError& err) {
+        ++endpoint_;
+        log(err.what(), "; trying again in ", std::to_string(delay_.count()), "s");
+        next_attempt_ = Clock::now() + delay_;
+        delay_ = std::min(delay_ * 2, options_.reconnect_delay_max);
+    }
+}
+
+// Delivery tags die with their channel: forget them all, never ack one on a later connection.
+void AmqpLooper::lost(const std::string& reason) {
+    broker_.reset();
+    confirms_.clear();
+    auto dropped = ledger_.new_generation();
+    out_.drop_before(ledger_.generation());
+    log("connection lost: ", reason, "; ", std::to_string(dropped),
+        " unanswered message(s) go back to the queue; reconnecting in ",
+        std::to_string(delay_.count()), "s");
+    next_attempt_ = Clock::now() + delay_;
+    delay_ = std::min(delay_ * 2, options_.reconnect_delay_max);
+}
+
+void AmqpLooper::drain() {
+    try {
+        // Bounded, in case rabbitmq-c ever reports buffered bytes it cannot make a frame of
+        // yet: the next poll() tick comes back here.
+        for (int idle = 0; idle < 16;) {
+            auto item = broker_->next();
+            if (auto* in = std::get_if<Incoming>(&item))
+                on_delivery(std::move(*in));
+            else if (auto* c = std::get_if<Confirm>(&item))
+                on_confirm(*c);
+            else if (!broker_->buffered())
+                return;
+            else
+                ++idle;
+        }
+    } catch (const BrokerError& e) {
+        lost(e.what());
+    }
+}
+
+void AmqpLooper::on_delivery(Incoming in) {
+    auto key = routing_key_of(in.properties, in.routing_key);
+    auto id = event_id(ledger_.generation(), in.tag);
+    std::string why;
+    auto line = event_line(key, in.body, in.properties, id, &why);
+    if (!line) {
+        log("message ", id, " (", shortened(key), ", message id ",
+            shortened(in.properties.value("message_id", "none")), "): ", shortened(why),
+            "; rejecting it without requeue");
+        broker_->reject(in.tag, false);
+        return;
+    }
+    ledger_.add(Delivery{in.tag, attempts_of(in.properties), key, std::move(in.body),
+                         std::move(in.properties)});
+    out_.push(ledger_.generation(), std::move(*line));
+}
+
+void AmqpLooper::on_confirm(const Confirm& c) {
+    auto end = c.multiple ? confirms_.upper_bound(c.seq) : confirms_.find(c.seq);
+    auto begin = c.multiple ? confirms_.begin() : end;
+    if (!c.multiple && end != confirms_.end()) ++end;
+    for (auto it = begin; it != end; it = confirms_.erase(it)) {
+        if (c.ack) {
+            broker_->ack(it->second);
+        } else {
+            log("the broker refused to store a retry copy; requeueing the original");
+            broker_->reject(it->second, true);
+        }
+    }
+}
+
+void AmqpLooper::on_answer(std::string_view line) {
+    json answer = json::parse(line, nullptr, false);
+    if (!answer.is_object() || !answer.contains("id") || !answer["id"].is_string()) {
+        log("ignoring an answer without a string id: ", shortened(line));
+        return;
+    }
+    auto id = answer["id"].get<std::string>();
+    auto result = answer.value("result", std::string());
+    auto taken = ledger_.take(id);
+    if (taken.lookup == Ledger::Lookup::stale)
+        log("answer for ", id, " (", result,
+            ") came after its connection was lost; ignoring it: "
+            "the broker delivers that message again");
+    else if (taken.lookup == Ledger::Lookup::unknown)
+        log("ignoring an answer for ", shortened(id), ", which is not in flight");
+    else
+        settle(std::move(*taken.delivery), result, answer);
+}
+
+void AmqpLooper::settle(Delivery d, const std::string& result, const json& answer) {
+    Action action = decide(result, d.attempts, options_);
+    std::string what = "message " + event_id(ledger_.generation(), d.tag) + " (" + d.routing_key +
+                       ", message id " + d.properties.value("message_id", "none") + ")";
+    if (result != "succeeded" && result != "unrouted")
+        log(what, ": ", result, " (attempt ", std::to_string(d.attempts + 1), "); ",
+            action_name(action),
+            answer.contains("error") && answer["error"].is_string()
+                ? "; " + shortened(answer["error"].get<std::string>())
+                : std::string());
+    try {
+        switch (action) {
+        case Action::ack:
+            return broker_->ack(d.tag);
+        case Action::reject:
+            return broker_->reject(d.tag, false);
+        case Action::requeue:
+            return broker_->reject(d.tag, true);
+        case Action::retry:
+            RetryProperties props(d.properties, d.attempts + 1, d.routing_key);
+            confirms_[broker_->publish_copy(d.body, props)] = d.tag;
+            return;
+        }
+    } catch (const BrokerError& e) {
+        lost(e.what());
+    }
+}
+
+// Returns false on end of file: the supervisor is stopping this looper.
+bool AmqpLooper::read_answers() {
+    char chunk[65536];
+    ssize_t n = ::read(STDIN_FILENO, chunk, sizeof chunk);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return true;
+    if (n < 0)
+        throw std::runtime_error(std::string("cannot read answers: ") + std::strerror(errno));
+    if (n == 0) return false;
+    for (std::string_view data(chunk, static_cast<std::size_t>(n)); !data.empty();) {
+        auto newline = data.find('\n');
+        auto part = data.substr(0, newline);
+        if (!skipping_ && answer_.size() + part.size() > kMaxAnswerLine) {
+            log("ignoring an answer longer than 64 KiB");
+            skipping_ = true;
+            answer_.clear();
+        }
+        if (!skipping_) answer_.append(part);
+        if (newline == std::string_view::npos) break;
+        // While disconnected every id is stale: lost() started a new generation.
+        if (!skipping_ && !answer_.empty()) on_answer(answer_);
+        answer_.clear();
+        skipping_ = false;
+        data.remove_prefix(newline + 1);
+    }
+    return true;
+}
+
+int AmqpLooper::poll_timeout() const {
+    if (broker_) return kTickMs;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_attempt_ - Clock::now());
+    return static_cast<int>(std::clamp<long long>(left.count(), 0, kTickMs));
+}
+
+int AmqpLooper::run(int signals) {
+    for (;;) {
+        if (!broker_ && Clock::now() >= next_attempt_) connect();
+        if (broker_) drain();
+        pollfd fds[] = {{signals, POLLIN, 0},
+                        {STDIN_FILENO, POLLIN, 0},
+                        {broker_ ? broker_->fd() : -1, POLLIN, 0},
+                        {out_.pending() ? STDOUT_FILENO : -1, POLLOUT, 0}};
+        if (::poll(fds, std::size(fds), poll_timeout()) < 0) {
+            if (errno == EINTR) continue;
+            throw std::runtime_error(std::string("poll failed: ") + std::strerror(errno));
+        }
+        if (fds[0].revents) {
+            log("stopping on a signal; unanswered messages go back to the queue");
+            return 0;
+        }
+        if (fds[1].revents && !read_answers()) return 0;
+        if (fds[3].revents) out_.flush(STDOUT_FILENO);
+    }
+}
+
+UniqueFd stop_signals() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
+        throw std::runtime_error(std::string("cannot block signals: ") + std::strerror(errno));
+    UniqueFd fd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!fd)
+        throw std::runtime_error(std::string("cannot create signalfd: ") + std::strerror(errno));
+    ::signal(SIGPIPE, SIG_IGN); // a vanished supervisor or broker shows up as EPIPE
+    return fd;
+}
+
+int start(bool check_only) {
+    const char* protocol = std::getenv("LOOPABULL_PROTOCOL");
+    if (protocol && std::string_view(protocol) != "1")
+        throw std::runtime_error(std::string("unsupported protocol version ") + protocol);
+    auto options = parse_options(read_config(), read_environment());
+    for (const auto& w : options.warnings)
+        log("warning: ", w);
+    if (check_only) return 0;
+    auto signals = stop_signals();
+    AmqpLooper looper(std::move(options));
+    return looper.run(signals.get());
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    bool check_only = argc == 2 && std::string_view(argv[1]) == "--check-config";
+    if (argc > 1 && !check_only) {
+        std::printf("usage: %s [--check-config] (configured by the JSON file named by "
+                    "$LOOPABULL_CONFIG_FILE; see loopabull-amqp(7))\n",
+                    argv[0]);
+        return std::string_view(argv[1]) == "--help" ? 0 : 2;
+    }
+    try {
+        return start(check_only);
+    } catch (const ConfigError& e) {
+        log("invalid config: ", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        log(e.what());
+        return 1;
+    }
+}
