@@ -14,7 +14,7 @@
 #include "options.hpp"
 #include "policy.hpp"
 
-#include <loopabull/unique-fd.hpp>
+#include "../looper-kit.hpp"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -36,52 +36,14 @@
 namespace {
 
 using namespace loopabull::amqp;
-using loopabull::UniqueFd;
+namespace kit = loopabull::kit;
+using kit::log;
+using kit::shortened;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-constexpr std::size_t kMaxConfigSize = 1024 * 1024;
-constexpr std::size_t kMaxAnswerLine = 64 * 1024;
 // Heartbeats are sent and checked only when we call into rabbitmq-c: wake up at least this often.
 constexpr int kTickMs = 1000;
-
-// One write per line so lines of several loopers never interleave in the supervisor's log.
-template <typename... Parts> void log(const Parts&... parts) {
-    std::string line;
-    (line.append(std::string_view(parts)), ...);
-    line += '\n';
-    [[maybe_unused]] auto n = ::write(STDERR_FILENO, line.data(), line.size());
-}
-
-std::string shortened(std::string_view text) {
-    constexpr std::size_t kMax = 200;
-    return text.size() <= kMax ? std::string(text) : std::string(text.substr(0, kMax)) + "...";
-}
-
-std::string read_file(const char* path) {
-    UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
-    if (!fd)
-        throw std::runtime_error(std::string("cannot open config ") + path + ": " +
-                                 std::strerror(errno));
-    std::string data;
-    char chunk[65536];
-    for (ssize_t n; (n = ::read(fd.get(), chunk, sizeof chunk)) != 0;) {
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0)
-            throw std::runtime_error(std::string("cannot read config: ") + std::strerror(errno));
-        data.append(chunk, static_cast<std::size_t>(n));
-        if (data.size() > kMaxConfigSize) throw std::runtime_error("config larger than 1 MiB");
-    }
-    return data;
-}
-
-json read_config() {
-    const char* path = std::getenv("LOOPABULL_CONFIG_FILE");
-    if (!path || !*path) return json::object();
-    json config = json::parse(read_file(path), nullptr, false);
-    if (config.is_discarded()) throw ConfigError("the config is not JSON");
-    return config;
-}
 
 Environment read_environment() {
     Environment env;
@@ -141,7 +103,6 @@ class AmqpLooper {
     void on_confirm(const Confirm& c);
     void on_answer(std::string_view line);
     void settle(Delivery d, const std::string& result, const json& answer);
-    bool read_answers();
     int poll_timeout() const;
 
     Options options_;
@@ -152,8 +113,6 @@ class AmqpLooper {
     seconds delay_;
     Clock::time_point next_attempt_{};
     Output out_;
-    std::string answer_;
-    bool skipping_ = false;
 };
 
 void AmqpLooper::connect() {
@@ -282,33 +241,6 @@ void AmqpLooper::settle(Delivery d, const std::string& result, const json& answe
     }
 }
 
-// Returns false on end of file: the supervisor is stopping this looper.
-bool AmqpLooper::read_answers() {
-    char chunk[65536];
-    ssize_t n = ::read(STDIN_FILENO, chunk, sizeof chunk);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return true;
-    if (n < 0)
-        throw std::runtime_error(std::string("cannot read answers: ") + std::strerror(errno));
-    if (n == 0) return false;
-    for (std::string_view data(chunk, static_cast<std::size_t>(n)); !data.empty();) {
-        auto newline = data.find('\n');
-        auto part = data.substr(0, newline);
-        if (!skipping_ && answer_.size() + part.size() > kMaxAnswerLine) {
-            log("ignoring an answer longer than 64 KiB");
-            skipping_ = true;
-            answer_.clear();
-        }
-        if (!skipping_) answer_.append(part);
-        if (newline == std::string_view::npos) break;
-        // While disconnected every id is stale: lost() started a new generation.
-        if (!skipping_ && !answer_.empty()) on_answer(answer_);
-        answer_.clear();
-        skipping_ = false;
-        data.remove_prefix(newline + 1);
-    }
-    return true;
-}
-
 int AmqpLooper::poll_timeout() const {
     if (broker_) return kTickMs;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_attempt_ - Clock::now());
@@ -316,6 +248,11 @@ int AmqpLooper::poll_timeout() const {
 }
 
 int AmqpLooper::run(int signals) {
+    // While disconnected every id is stale: lost() started a new generation.
+    kit::AnswerReader answers;
+    auto on_answer = [this](std::string_view line) {
+        if (!line.empty()) this->on_answer(line);
+    };
     for (;;) {
         if (!broker_ && Clock::now() >= next_attempt_) connect();
         if (broker_) drain();
@@ -331,34 +268,18 @@ int AmqpLooper::run(int signals) {
             log("stopping on a signal; unanswered messages go back to the queue");
             return 0;
         }
-        if (fds[1].revents && !read_answers()) return 0;
+        if (fds[1].revents && !answers.read(STDIN_FILENO, on_answer)) return 0;
         if (fds[3].revents) out_.flush(STDOUT_FILENO);
     }
 }
 
-UniqueFd stop_signals() {
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
-        throw std::runtime_error(std::string("cannot block signals: ") + std::strerror(errno));
-    UniqueFd fd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
-    if (!fd)
-        throw std::runtime_error(std::string("cannot create signalfd: ") + std::strerror(errno));
-    ::signal(SIGPIPE, SIG_IGN); // a vanished supervisor or broker shows up as EPIPE
-    return fd;
-}
-
 int start(bool check_only) {
-    const char* protocol = std::getenv("LOOPABULL_PROTOCOL");
-    if (protocol && std::string_view(protocol) != "1")
-        throw std::runtime_error(std::string("unsupported protocol version ") + protocol);
-    auto options = parse_options(read_config(), read_environment());
+    kit::check_protocol();
+    auto options = parse_options(kit::read_config(), read_environment());
     for (const auto& w : options.warnings)
         log("warning: ", w);
     if (check_only) return 0;
-    auto signals = stop_signals();
+    auto signals = kit::stop_signals();
     AmqpLooper looper(std::move(options));
     return looper.run(signals.get());
 }
