@@ -3,26 +3,17 @@
 answered, a clean exit on SIGTERM, and LeakSanitizer (which runs at exit) finds no leak, nor does
 ASan or UBSan report anything on the way. tools/run-tests runs the integration suite on that
 build too; on a plain build this test is skipped (it says so)."""
-import json
 import signal
 
 import pytest
 
-from conftest import BUILD, base_config, event, read_answers, scripted, wait_until
+from conftest import BUILD, SANITIZED, base_config, event, read_answers, scripted, wait_until
 
 EVENTS = 10_000
 ROUTED = 1_000  # run /bin/true as the playbook; the rest is unrouted
 
 
-def sanitized():
-    try:
-        options = json.loads((BUILD / "meson-info" / "intro-buildoptions.json").read_text())
-    except OSError:
-        return False
-    return any(o["name"] == "sanitize" and o["value"] is True for o in options)
-
-
-@pytest.mark.skipif(not sanitized(), reason=f"{BUILD} is not a -Dsanitize=true build")
+@pytest.mark.skipif(not SANITIZED, reason=f"{BUILD} is not a -Dsanitize=true build")
 def test_ten_thousand_events_leak_nothing(workdir, supervisor):
     answers = workdir / "answers"
     (workdir / "playbooks" / "leak.routed.yml").write_text("- hosts: localhost\n")
