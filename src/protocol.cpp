@@ -114,7 +114,7 @@ ParsedEvent parse_event(std::string_view line) {
     if (doc.is_discarded()) {
         try {
             [[maybe_unused]] auto unused = json::parse(line);
-        } catch (const json::parse_error& e) {
+        } catch (const json::exception& e) { // parse_error, or out_of_range for 1e400
             return Rejection{std::string("malformed JSON: ") + e.what(), std::nullopt};
         }
         return Rejection{"malformed JSON", std::nullopt};

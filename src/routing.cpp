@@ -64,12 +64,18 @@ std::optional<std::string> grammar_error(std::string_view s, bool wildcards) {
     return std::nullopt;
 }
 
+// failed[i * (k.size() + 1) + j] remembers that pattern words from i cannot match key words from
+// j: without it, a pattern of many '#' ("#.#.#.#.x", found by fuzzing) against a long key that
+// does not match takes exponential time, and stalls the supervisor's one thread.
 bool match_words(const std::vector<std::string_view>& p, std::size_t i,
-                 const std::vector<std::string_view>& k, std::size_t j) {
+                 const std::vector<std::string_view>& k, std::size_t j, std::vector<bool>& failed) {
+    std::size_t state = i * (k.size() + 1) + j;
+    if (failed[state]) return false;
     for (; i < p.size(); ++i, ++j) {
         if (p[i] == "#") {
             for (std::size_t skip = j; skip <= k.size(); ++skip)
-                if (match_words(p, i + 1, k, skip)) return true;
+                if (match_words(p, i + 1, k, skip, failed)) return true;
+            failed[state] = true;
             return false;
         }
         if (j >= k.size() || (p[i] != "*" && p[i] != k[j])) return false;
@@ -98,7 +104,9 @@ std::optional<std::string> routing_pattern_error(std::string_view pattern) {
 bool routing_pattern_matches(std::string_view pattern, std::string_view key) {
     if (pattern == "all") return true;
     if (pattern.find_first_of("*#") == std::string_view::npos) return pattern == key;
-    return match_words(split_words(pattern), 0, split_words(key), 0);
+    auto p = split_words(pattern), k = split_words(key);
+    std::vector<bool> failed((p.size() + 1) * (k.size() + 1));
+    return match_words(p, 0, k, 0, failed);
 }
 
 RoutingFilter::RoutingFilter(std::vector<std::string> patterns) : patterns_(std::move(patterns)) {

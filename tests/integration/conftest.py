@@ -23,6 +23,18 @@ SCRIPTED = HERE / "loopers" / "scripted.py"
 ANSIBLE = shutil.which("ansible-playbook")
 
 
+def _sanitized():
+    try:
+        options = json.loads((BUILD / "meson-info" / "intro-buildoptions.json").read_text())
+    except OSError:
+        return False
+    return any(o["name"] == "sanitize" and o["value"] is True for o in options)
+
+
+# A -Dsanitize=true build (ASan+UBSan): memory figures include ASan's shadow and allocator.
+SANITIZED = _sanitized()
+
+
 def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <string>
 
 using namespace loopabull;
@@ -152,6 +153,21 @@ INSTANTIATE_TEST_SUITE_P(
         ));
 
 // --- RoutingFilter ---
+
+// Found by tests/fuzz/fuzz-routing: many '#' against a long key that does not match took
+// exponential time (hours for this pair) in the supervisor's only thread.
+TEST(RoutingPattern, ManyHashesMatchInPolynomialTime) {
+    std::string pattern, key = "a";
+    for (int i = 0; i < 40; ++i)
+        pattern += "#.";
+    for (int i = 0; i < 100; ++i)
+        key += ".a";
+    auto start = std::chrono::steady_clock::now();
+    EXPECT_FALSE(routing_pattern_matches(pattern + "x", key));
+    EXPECT_TRUE(routing_pattern_matches(pattern + "a", key));
+    EXPECT_TRUE(routing_pattern_matches(pattern + "#", key));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+}
 
 TEST(RoutingFilter, SelectsKeysMatchingAnyPattern) {
     RoutingFilter filter({"a.b", "c.#", "*.x"});
