@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -25,10 +26,17 @@ MiB = 1024 * 1024
 
 # ---- helpers -------------------------------------------------------------------------------------
 
-def cpu_seconds(pid):
-    """utime + stime of a process, in seconds."""
+def cpu_seconds(pid, children=False):
+    """utime + stime of a process, in seconds; with children, also those of its reaped children
+    (for the supervisor: the jobs it ran)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    own = int(fields[11]) + int(fields[12])
+    return (own + (int(fields[13]) + int(fields[14]) if children else 0)) / TICK
+
+
+def children_cpu():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def rss_bytes(pid):
@@ -189,10 +197,11 @@ class Bench:
             args += ["--rate", str(rate)]
         sup = self.supervisor(self.config(args, **executor))
         try:
-            cpu0 = sup.cpu()
+            cpu0, all0 = sup.cpu(), cpu_seconds(sup.proc.pid, children=True)
             res = wait_for(lambda: (r := read_json(out)) and r["final"] and r,
                            timeout, f"{count} answers ({sup.log_text()[-2000:]})")
             res["supervisor_cpu_s"] = sup.cpu() - cpu0
+            res["with_jobs_cpu_s"] = cpu_seconds(sup.proc.pid, children=True) - all0
             res["startup_ms"] = (sup.t_ready - sup.t_exec) * 1000
             return res
         finally:
@@ -200,9 +209,12 @@ class Bench:
 
     def bare(self, count, parallel, *cmd, quiet=False):
         env = dict(os.environ, BENCH_SPAWN_QUIET="1") if quiet else None
+        cpu0 = children_cpu()
         r = subprocess.run([str(self.spawn), str(count), str(parallel), *cmd],
                            capture_output=True, text=True, check=True, env=env)
-        return json.loads(r.stdout)
+        res = json.loads(r.stdout)
+        res["cpu_s"] = children_cpu() - cpu0  # the loop's and its children's
+        return res
 
     def record(self, scenario, metric, values, unit, target=None, ok=None, note=""):
         s = summary(values)
@@ -267,7 +279,7 @@ class Bench:
     def direct(self):
         n = self.args.jobs
         true = {"playbook_cmd": ["/bin/true"]}
-        ratio1, ratio_off, speed2, curve = [], [], [], {}
+        ratio1, ratio_off, cpu1, cpu_off, speed2, curve = [], [], [], [], [], {}
         for i in range(self.args.reps):
             base = self.bare(n, 1, "/bin/true")
             curve.setdefault("bare", {}).setdefault(1, []).append(base["jobs_per_s"])
@@ -278,6 +290,7 @@ class Bench:
                 curve.setdefault("loopabull", {}).setdefault(mp, []).append(n / r["elapsed_s"])
                 if mp == 1:
                     ratio1.append(per_job / base["per_job_us"])
+                    cpu1.append(r["with_jobs_cpu_s"] / base["cpu_s"])
                     self.log(f"direct {i + 1}: bare {base['per_job_us']:.0f} us/job, "
                              f"max_parallel 1 {per_job:.0f} us/job ({ratio1[-1]:.2f}x)")
                 if mp == 2:
@@ -287,15 +300,22 @@ class Bench:
             # The same without the sandbox's seccomp filter, which the kernel compiles per job.
             r = self.looper_run(n, "bench.job", max_parallel=1, queue_size=n, seccomp="off", **true)
             ratio_off.append(r["elapsed_s"] / n * 1e6 / base["per_job_us"])
-            self.log(f"direct {i + 1}: max_parallel 1, seccomp off: {ratio_off[-1]:.2f}x")
+            cpu_off.append(r["with_jobs_cpu_s"] / base["cpu_s"])
+            self.log(f"direct {i + 1}: CPU time per job {cpu1[-1]:.2f}x the bare loop's; "
+                     f"seccomp off: {ratio_off[-1]:.2f}x wall, {cpu_off[-1]:.2f}x CPU")
             for mp in self.args.parallel:
                 if mp > 1:
                     b = self.bare(n, mp, "/bin/true")
                     curve["bare"].setdefault(mp, []).append(b["jobs_per_s"])
         self.record("direct", "per_job_vs_bare_spawn", ratio1, "ratio", "<= 1.15",
                     lambda v: v <= 1.15, note="max_parallel 1, time per job / bare posix_spawn loop")
+        self.record("direct", "cpu_per_job_vs_bare_spawn", cpu1, "ratio", "<= 1.15",
+                    lambda v: v <= 1.15,
+                    note="CPU time (supervisor + jobs) per job / the bare loop's (+ its children)")
         self.record("direct", "per_job_vs_bare_spawn_seccomp_off", ratio_off, "ratio",
                     note="the same with executor.seccomp: off")
+        self.record("direct", "cpu_per_job_vs_bare_spawn_seccomp_off", cpu_off, "ratio",
+                    note="CPU time, executor.seccomp: off")
         self.record("direct", "bare_parallel_2_vs_bare_serial",
                     [p2 / p1 for p1, p2 in zip(curve["bare"][1], curve["bare"].get(2, []))],
                     "ratio", note="what this machine allows: the bare loop, 2 at a time")
@@ -546,7 +566,7 @@ def main():
     ap.add_argument("--ansible-reps", type=int, default=2)
     ap.add_argument("--ansible-parallel", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--scope-jobs", type=int, default=200)
-    ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--queued", type=int, default=100000)
     ap.add_argument("--only", nargs="+", choices=["event_path", "direct", "scope", "ansible",
                                                     "memory", "startup"])
