@@ -589,7 +589,8 @@ def main():
         bench.close()
     info["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-           "duration_s": round(time.time() - started, 1), "command": " ".join(sys.argv[1:]),
+           "duration_s": round(time.time() - started, 1), "command": " ".join(
+               a for i, a in enumerate(sys.argv[1:]) if "--build" not in sys.argv[i:i + 2]),
            "machine": info, "git": subprocess.run(["git", "-C", str(ROOT), "describe", "--always",
                                                    "--dirty"], capture_output=True,
                                                   text=True).stdout.strip(),
