@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,35 +65,41 @@ def read_json(path):
 
 
 class Notify:
-    """The NOTIFY_SOCKET a service manager would give: READY=1 and STATUS= arrive here."""
+    """The NOTIFY_SOCKET a service manager would give: READY=1 and STATUS= arrive here. Read all
+    the time, as systemd does: a full socket would block the supervisor in sd_notify()."""
 
     def __init__(self, directory):
         self.path = str(Path(directory) / "notify.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.status = ""
+        self.ready = threading.Event()
+        self.t_ready = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        with contextlib.suppress(OSError):
+            while True:
+                msg = self.sock.recv(4096).decode()
+                now = time.monotonic()
+                for line in msg.split("\n"):
+                    if line.startswith("STATUS="):
+                        self.status = line[7:]
+                    if line == "READY=1" and not self.ready.is_set():
+                        self.t_ready = now
+                        self.ready.set()
 
     def wait_ready(self, timeout=10.0):
-        self.sock.settimeout(timeout)
-        while True:
-            msg = self.sock.recv(4096).decode()
-            self._take(msg)
-            if "READY=1" in msg.split("\n"):
-                return time.monotonic()
+        if not self.ready.wait(timeout):
+            raise OSError("no READY=1")
+        return self.t_ready
 
     def poll(self):
-        self.sock.settimeout(0)
-        with contextlib.suppress(BlockingIOError, socket.timeout):
-            while True:
-                self._take(self.sock.recv(4096).decode())
         return self.status
 
-    def _take(self, msg):
-        for line in msg.split("\n"):
-            if line.startswith("STATUS="):
-                self.status = line[7:]
-
     def close(self):
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
 
