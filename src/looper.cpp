@@ -22,6 +22,8 @@ constexpr std::size_t kReadChunk = 64 * 1024;
 // Answers a looper does not read are not kept without bound: past this, the looper's events are
 // no longer read until it drains its stdin (back-pressure on the looper itself).
 constexpr std::size_t kOutboxLimit = 1 << 20;
+// Answers held back while a read's lines are dispatched, at most: one pipe's worth.
+constexpr std::size_t kBatchFlush = 64 * 1024;
 constexpr usec kStopStep = std::chrono::seconds(2);
 
 // Shared by every looper so that a looper replaced on reload, with the same name, can never
@@ -241,14 +243,18 @@ void Looper::warn_partial_line() {
                      name(), bytes);
 }
 
+// The answers to the lines of one read go out in one write at the end, not one write each.
 void Looper::dispatch_lines() {
+    batching_ = true;
+    log::Fields f{.looper = config_.name};
+    log::Scope scope(f);
     while (!paused_ && outbox_.size() <= kOutboxLimit) {
         auto line = events_reader_.next();
-        if (!line) return;
-        log::Fields f{.looper = config_.name};
-        log::Scope scope(f);
+        if (!line) break;
         host_.looper_line(*this, *line);
     }
+    batching_ = false;
+    if (held_) flush_answers();
 }
 
 int Looper::on_stderr(sd_event_source*, int, uint32_t, void* userdata) noexcept {
@@ -278,7 +284,8 @@ void Looper::answer(std::uint64_t generation, const std::string& line) {
         return;
     }
     outbox_ += line;
-    flush_answers();
+    held_ = batching_ && outbox_.size() < kBatchFlush;
+    if (!held_) flush_answers();
 }
 
 int Looper::on_stdin(sd_event_source*, int, uint32_t, void* userdata) noexcept {
@@ -287,6 +294,7 @@ int Looper::on_stdin(sd_event_source*, int, uint32_t, void* userdata) noexcept {
 }
 
 void Looper::flush_answers() {
+    held_ = false;
     while (!outbox_.empty() && stdin_) {
         ssize_t n = write(stdin_.get(), outbox_.data(), outbox_.size());
         if (n > 0) {

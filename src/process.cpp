@@ -3,7 +3,9 @@
 
 #include <fcntl.h>
 #include <linux/seccomp.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -101,8 +103,22 @@ const char* stage_name(int stage) {
     }
 }
 
-[[noreturn]] void child(const SpawnSpec& spec, char* const* argv, char* const* envp, int devnull,
-                        int err_fd, pid_t parent) {
+struct ChildArgs {
+    const SpawnSpec* spec;
+    char* const* argv;
+    char* const* envp;
+    int devnull;
+    int err_fd; // fork(): the failure goes to the parent through this pipe
+    pid_t parent;
+    ChildError* shared; // clone(CLONE_VM): straight into the parent's memory
+};
+
+[[noreturn]] void child(const ChildArgs& a) {
+    const SpawnSpec& spec = *a.spec;
+    char* const* argv = a.argv;
+    char* const* envp = a.envp;
+    int devnull = a.devnull;
+    pid_t parent = a.parent;
     if (spec.death_signal) {
         prctl(PR_SET_PDEATHSIG, spec.death_signal);
         if (getppid() != parent) _exit(127);
@@ -130,8 +146,48 @@ const char* stage_name(int stage) {
     if (stage == kExec) execve(argv[0], argv, envp);
 fail:
     ChildError report{stage, errno};
-    (void)!write(err_fd, &report, sizeof report);
+    if (a.shared)
+        *a.shared = report;
+    else
+        (void)!write(a.err_fd, &report, sizeof report);
     _exit(127);
+}
+
+int child_entry(void* args) {
+    child(*static_cast<const ChildArgs*>(args));
+}
+
+int devnull_fd() {
+    static UniqueFd fd(open("/dev/null", O_RDWR | O_CLOEXEC));
+    return fd.get();
+}
+
+// A child that does not wait to be released (everything but scope jobs) is started the way
+// posix_spawn does it: sharing our memory (CLONE_VM) while we are suspended until it calls
+// execve or exits (CLONE_VFORK). No page tables are copied and no copy-on-write faults follow,
+// which made fork() the largest part of a short job's cost (docs/PERFORMANCE.md). The child
+// only makes system calls on data prepared here, on a stack of its own.
+Spawned spawn_shared(const SpawnSpec& spec, char* const* argv, char* const* envp) {
+    static constexpr std::size_t kStack = 256 * 1024;
+    static void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) return {-1, errno, "allocating a stack", {}};
+    ChildError report{-1, 0};
+    ChildArgs args{&spec, argv, envp, devnull_fd(), -1, getpid(), &report};
+    // No signal handler may run in the child while it shares our memory.
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    pid_t pid = clone(child_entry, static_cast<char*>(stack) + kStack,
+                      CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    int err = errno;
+    sigprocmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) return {-1, err, "forking", {}};
+    if (report.stage < 0) return {pid, 0, {}, {}};
+    // The child is gone already; reap it here so that callers only ever track live children.
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    return {-1, report.error, stage_name(report.stage), {}};
 }
 
 std::vector<char*> pointers(const std::vector<std::string>& strings) {
@@ -157,30 +213,19 @@ Pipe make_pipe(bool nonblock_read, bool nonblock_write) {
 Spawned spawn(const SpawnSpec& spec) {
     auto argv = pointers(spec.argv);
     auto envp = pointers(spec.env);
-    UniqueFd devnull(open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (devnull_fd() < 0) return {-1, errno, "opening /dev/null", {}};
+    if (spec.wait_fd < 0) return spawn_shared(spec, argv.data(), envp.data());
     int err_pipe[2];
-    if (!devnull || pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes", {}};
+    if (pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes", {}};
     UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) return {-1, errno, "forking", {}};
-    if (pid == 0) child(spec, argv.data(), envp.data(), devnull.get(), err_write.get(), parent);
+    if (pid == 0)
+        child({&spec, argv.data(), envp.data(), devnull_fd(), err_write.get(), parent, nullptr});
     err_write.reset();
-    if (spec.wait_fd >= 0) {
-        Spawned s{pid, 0, nullptr, std::move(err_read)};
-        return s;
-    }
-    // Blocks only until execve: the pipe closes on exec, or carries the child's failure.
-    ChildError report{};
-    ssize_t n;
-    do
-        n = read(err_read.get(), &report, sizeof report);
-    while (n < 0 && errno == EINTR);
-    if (n != sizeof report) return {pid, 0, {}, {}};
-    // The child is gone already; reap it here so that callers only ever track live children.
-    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    return {-1, report.error, stage_name(report.stage), {}};
+    // It waits for its scope: its failure, if any, is read once it has exited.
+    return {pid, 0, nullptr, std::move(err_read)};
 }
 
 std::optional<std::string> read_spawn_failure(int fd, const std::string& program) {

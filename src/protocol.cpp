@@ -142,14 +142,30 @@ std::string_view to_string(Result r) noexcept {
     return "failed";
 }
 
+// Written directly rather than through a json tree: one answer per event is the hot path. The
+// keys come in the order nlohmann's object gave them (sorted), as the man page shows.
 std::string format_answer(const json& id, Result result, std::optional<int> exit_code,
                           std::string_view error) {
-    json answer = {{"id", id}, {"result", to_string(result)}, {"exit_code", nullptr}};
-    if (exit_code) answer["exit_code"] = *exit_code;
-    if (!error.empty()) answer["error"] = error;
-    // Replacement keeps an answer writable even when an error message quotes broken input.
-    std::string line = answer.dump(-1, ' ', false, json::error_handler_t::replace);
-    line += '\n';
+    std::string line;
+    line.reserve(64 + error.size());
+    line += '{';
+    if (!error.empty()) {
+        // Replacement keeps an answer writable even when an error message quotes broken input.
+        line += "\"error\":";
+        line += json(error).dump(-1, ' ', false, json::error_handler_t::replace);
+        line += ',';
+    }
+    line += "\"exit_code\":";
+    line += exit_code ? std::to_string(*exit_code) : "null";
+    line += ",\"id\":";
+    if (id.is_number_integer())
+        line += id.is_number_unsigned() ? std::to_string(id.get<std::uint64_t>())
+                                        : std::to_string(id.get<std::int64_t>());
+    else
+        line += id.dump(-1, ' ', false, json::error_handler_t::replace);
+    line += ",\"result\":\"";
+    line += to_string(result);
+    line += "\"}\n";
     return line;
 }
 

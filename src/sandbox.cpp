@@ -47,25 +47,34 @@ int native_nr(const std::string& name) {
     return seccomp_syscall_resolve_name_arch(SCMP_ARCH_NATIVE, name.c_str());
 }
 
+// The filter's default is ENOSYS (numbers this libseccomp does not know: newer system calls, so
+// that glibc's fallbacks work); known calls that are not allowed get an EPERM rule each. That is
+// ~360 rules instead of one per unknown number up to kMaxSyscallNr, a filter a third the size,
+// and every job loads it (docs/PERFORMANCE.md).
 void add_rules(scmp_filter_ctx ctx, const SeccompPolicy& policy) {
     for (auto& name : policy.allow) {
         int nr = native_nr(name);
         if (nr < 0) continue; // another architecture's name
-        if (name == "clone")
+        if (name == "clone") {
             check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
                                    SCMP_A0(SCMP_CMP_MASKED_EQ, kNamespaceFlags, 0)),
                   "seccomp rule for clone");
-        else
+            // Any namespace flag: EPERM, not the default ENOSYS.
+            for (std::uint64_t bit = 1; bit; bit <<= 1)
+                if (kNamespaceFlags & bit)
+                    check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1,
+                                           SCMP_A0(SCMP_CMP_MASKED_EQ, bit, bit)),
+                          "seccomp rule for clone with namespace flags");
+        } else {
             check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0), "seccomp rule");
+        }
     }
-    if (!policy.allow.count("clone3"))
-        check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), native_nr("clone3"), 0),
-              "seccomp clone3");
+    int clone3 = native_nr("clone3");
     for (int nr = 0; nr < kMaxSyscallNr; ++nr) {
         std::unique_ptr<char, decltype(&free)> name(
             seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr), free);
-        if (!name)
-            check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0), "seccomp ENOSYS rule");
+        if (name && nr != clone3 && !policy.allow.count(name.get()))
+            check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0), "seccomp EPERM rule");
     }
 }
 
@@ -164,12 +173,16 @@ std::optional<SeccompPolicy> load_seccomp_profile(const std::string& path,
 }
 
 SeccompProgram compile_seccomp(const SeccompPolicy& policy) {
-    SeccompCtx ctx(seccomp_init(SCMP_ACT_ERRNO(EPERM)));
+    SeccompCtx ctx(seccomp_init(SCMP_ACT_ERRNO(ENOSYS)));
     if (!ctx) throw std::runtime_error("seccomp_init failed");
     // The child sets no_new_privs itself, in the documented order.
     check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 0), "seccomp NNP attribute");
     check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS),
           "seccomp bad-arch action");
+    // A binary search over the system call numbers instead of a chain of ~1,000 comparisons:
+    // the kernel checks (and caches) the filter against every system call number at each
+    // load, once per job, so a linear chain cost about a millisecond per job (docs/PERFORMANCE.md).
+    check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_OPTIMIZE, 2), "seccomp optimize attribute");
     add_rules(ctx.get(), policy);
     return {export_bpf(ctx.get())};
 }

@@ -105,6 +105,8 @@ class Looper {
     LineReader log_reader_{16 * 1024};
     std::string outbox_;
     bool outbox_warned_ = false;
+    bool batching_ = false; // dispatching a read's lines: answers wait for its end
+    bool held_ = false;     // answers wait in outbox_ for the end of the batch
 };
 
 } // namespace loopabull

@@ -44,7 +44,8 @@ struct Spawned {
 // The failure a child reported on pending_report, if it failed before or at execve.
 std::optional<std::string> read_spawn_failure(int report_fd, const std::string& program);
 
-// fork + execve; the child does nothing but async-signal-safe calls on data prepared here.
+// clone(CLONE_VM | CLONE_VFORK) (fork when the child must wait for wait_fd) + execve; the
+// child does nothing but async-signal-safe calls on data prepared here.
 Spawned spawn(const SpawnSpec& spec);
 
 // A pipe with both ends close-on-exec; the parent's end is made non-blocking.

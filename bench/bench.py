@@ -1,0 +1,632 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""loopabull's benchmark: every scenario of docs/PERFORMANCE.md, each against its baseline in the
+same run (ratios hold on a noisy machine), repeated; a table, a JSON file and a plot.
+
+Run it with bench/run, which builds the release binary and the helpers first."""
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+MiB = 1024 * 1024
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def cpu_seconds(pid, children=False):
+    """utime + stime of a process, in seconds; with children, also those of its reaped children
+    (for the supervisor: the jobs it ran)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = int(fields[11]) + int(fields[12])
+    return (own + (int(fields[13]) + int(fields[14]) if children else 0)) / TICK
+
+
+def children_cpu():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def rss_bytes(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Notify:
+    """The NOTIFY_SOCKET a service manager would give: READY=1 and STATUS= arrive here. Read all
+    the time, as systemd does: a full socket would block the supervisor in sd_notify()."""
+
+    def __init__(self, directory):
+        self.path = str(Path(directory) / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.status = ""
+        self.ready = threading.Event()
+        self.t_ready = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        with contextlib.suppress(OSError):
+            while True:
+                msg = self.sock.recv(4096).decode()
+                now = time.monotonic()
+                for line in msg.split("\n"):
+                    if line.startswith("STATUS="):
+                        self.status = line[7:]
+                    if line == "READY=1" and not self.ready.is_set():
+                        self.t_ready = now
+                        self.ready.set()
+
+    def wait_ready(self, timeout=10.0):
+        if not self.ready.wait(timeout):
+            raise OSError("no READY=1")
+        return self.t_ready
+
+    def poll(self):
+        return self.status
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class Supervisor:
+    """One release-built loopabull with a config written from a dict."""
+
+    def __init__(self, bench, config, name):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=bench.tmp))
+        self.config_path = self.dir / "loopabull.yml"
+        self.config_path.write_text(json.dumps(config))
+        self.notify = Notify(self.dir)
+        env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+        env.update(NOTIFY_SOCKET=self.notify.path, LOOPABULL_LOOPER_DIR=str(bench.build / "loopers"))
+        self.log = open(self.dir / "loopabull.log", "wb")
+        self.t_exec = time.monotonic()
+        self.proc = subprocess.Popen([str(bench.loopabull), "--bus=none", "--instance", name,
+                                      str(self.config_path)], env=env, cwd=self.dir,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self.t_ready = self.notify.wait_ready()
+        except OSError:
+            self.stop()
+            raise RuntimeError(f"loopabull did not start:\n{self.log_text()[-3000:]}") from None
+
+    def log_text(self):
+        return (self.dir / "loopabull.log").read_text(errors="replace")
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def rss(self):
+        return rss_bytes(self.proc.pid)
+
+    def stop(self, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.notify.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None, "runs": []}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": values}
+
+
+# ---- the benchmark -------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.build = Path(args.build).resolve()
+        self.loopabull = self.build / "src" / "loopabull"
+        self.looper = self.build / "bench" / "bench-looper"
+        self.spawn = self.build / "bench" / "bench-spawn"
+        self.echo = self.build / "bench" / "bench-echo"
+        # Runtime directories on a tmpfs, as /run is for the service.
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.tmp = Path(tempfile.mkdtemp(prefix="loopabull-bench.", dir=base))
+        self.playbooks = self.tmp / "playbooks"
+        self.playbooks.mkdir()
+        (self.playbooks / "bench.job.yml").write_text(
+            "- hosts: localhost\n  connection: local\n  gather_facts: false\n"
+            "  tasks:\n    - ansible.builtin.debug:\n        msg: \"{{ loopabull_job_id }}\"\n")
+        self.results = {}
+        self.counter = 0
+
+    def close(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def log(self, msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def config(self, looper_args, **executor):
+        ex = {"max_parallel": 1, "timeout": "10min", "allow_root": True, "stop_timeout": "2s"}
+        ex.update(executor)
+        ansible = {"playbooks_dir": str(self.playbooks)}
+        if "playbook_cmd" in ex:
+            ansible["playbook_cmd"] = ex.pop("playbook_cmd")
+        return {"loglevel": "info", "routing_keys": ["bench.job"],
+                "loopers": [{"name": "bench", "command": [str(self.looper), *looper_args]}],
+                "ansible": ansible, "executor": ex}
+
+    def supervisor(self, config):
+        self.counter += 1
+        return Supervisor(self, config, f"bench{self.counter}")
+
+    def looper_run(self, count, key, rate=0, timeout=600, **executor):
+        """One supervisor whose looper sends `count` events; the looper's figures, plus the
+        supervisor's CPU time over the run."""
+        out = self.tmp / f"looper-{self.counter + 1}.json"
+        args = ["--count", str(count), "--key", key, "--out", str(out)]
+        if rate:
+            args += ["--rate", str(rate)]
+        sup = self.supervisor(self.config(args, **executor))
+        try:
+            cpu0, all0 = sup.cpu(), cpu_seconds(sup.proc.pid, children=True)
+            res = wait_for(lambda: (r := read_json(out)) and r["final"] and r,
+                           timeout, f"{count} answers ({sup.log_text()[-2000:]})")
+            res["supervisor_cpu_s"] = sup.cpu() - cpu0
+            res["with_jobs_cpu_s"] = cpu_seconds(sup.proc.pid, children=True) - all0
+            res["startup_ms"] = (sup.t_ready - sup.t_exec) * 1000
+            return res
+        finally:
+            sup.stop()
+
+    def bare(self, count, parallel, *cmd, quiet=False):
+        env = dict(os.environ, BENCH_SPAWN_QUIET="1") if quiet else None
+        cpu0 = children_cpu()
+        r = subprocess.run([str(self.spawn), str(count), str(parallel), *cmd],
+                           capture_output=True, text=True, check=True, env=env)
+        res = json.loads(r.stdout)
+        res["cpu_s"] = children_cpu() - cpu0  # the loop's and its children's
+        return res
+
+    def record(self, scenario, metric, values, unit, target=None, ok=None, note=""):
+        s = summary(values)
+        s.update(unit=unit, target=target, note=note)
+        if ok is not None and s["median"] is not None:
+            s["met"] = ok(s["median"])
+        self.results.setdefault(scenario, {})[metric] = s
+
+    def echo_run(self, count, rate):
+        """bench-looper against bench-echo: the same pipes and wake-ups without the supervisor,
+        the floor of the latency this machine allows at the moment."""
+        out = self.tmp / "echo.json"
+        out.unlink(missing_ok=True)
+        r, w = os.pipe()
+        echo = subprocess.Popen([str(self.echo)], stdin=subprocess.PIPE, stdout=w)
+        os.close(w)
+        looper = subprocess.Popen([str(self.looper), "--count", str(count), "--rate", str(rate),
+                                   "--out", str(out)], stdin=r, stdout=echo.stdin)
+        os.close(r)
+        try:
+            return wait_for(lambda: (x := read_json(out)) and x["final"] and x, 120, "echo run")
+        finally:
+            echo.stdin.close()
+            for p in (looper, echo):
+                p.kill()
+                p.wait()
+
+    # 1. event path
+    def event_path(self):
+        n = self.args.events
+        rates, per_cpu, lat, floor = [], [], {}, {}
+        for i in range(self.args.reps):
+            r = self.looper_run(n, "bench.unrouted")
+            assert r["unrouted"] == n, r
+            rates.append(r["events_per_s"])
+            per_cpu.append(n / r["supervisor_cpu_s"] if r["supervisor_cpu_s"] else None)
+            p = self.looper_run(self.args.paced_rate * 2, "bench.unrouted", rate=self.args.paced_rate)
+            for k, v in p["latency_us"].items():
+                lat.setdefault(k, []).append(v)
+            e = self.echo_run(self.args.paced_rate * 2, self.args.paced_rate)
+            for k, v in e["latency_us"].items():
+                floor.setdefault(k, []).append(v)
+            self.log(f"event path {i + 1}: {r['events_per_s']:.0f} events/s, "
+                     f"{per_cpu[-1] or 0:.0f} per CPU-s; p99 {p['latency_us']['p99']:.0f} us "
+                     f"at {self.args.paced_rate}/s (bare pipe echo: {e['latency_us']['p99']:.0f} us)")
+        self.record("event_path", "events_per_s", rates, "events/s", ">= 100000",
+                    lambda v: v >= 100000)
+        self.record("event_path", "events_per_supervisor_cpu_s", per_cpu, "events/CPU-s",
+                    ">= 100000", lambda v: v >= 100000,
+                    note="events answered per second of the supervisor's own CPU time: the rate "
+                         "one core of its own would sustain")
+        for k, v in lat.items():
+            self.record("event_path", f"latency_{k}_us", v, "us",
+                        "< 1000" if k == "p99" else None,
+                        (lambda x: x < 1000) if k == "p99" else None,
+                        note=f"looper to answer at {self.args.paced_rate} events/s")
+        for k, v in floor.items():
+            self.record("event_path", f"echo_latency_{k}_us", v, "us",
+                        note="the same looper against bench-echo: this machine's floor")
+
+    # 2. direct executor
+    def direct(self):
+        n = self.args.jobs
+        true = {"playbook_cmd": ["/bin/true"]}
+        ratio1, ratio_off, cpu1, cpu_off, speed2, curve = [], [], [], [], [], {}
+        for i in range(self.args.reps):
+            base = self.bare(n, 1, "/bin/true")
+            curve.setdefault("bare", {}).setdefault(1, []).append(base["jobs_per_s"])
+            for mp in self.args.parallel:
+                r = self.looper_run(n, "bench.job", max_parallel=mp, queue_size=n, **true)
+                assert r["succeeded"] == n, r
+                per_job = r["elapsed_s"] / n * 1e6
+                curve.setdefault("loopabull", {}).setdefault(mp, []).append(n / r["elapsed_s"])
+                if mp == 1:
+                    ratio1.append(per_job / base["per_job_us"])
+                    cpu1.append(r["with_jobs_cpu_s"] / base["cpu_s"])
+                    self.log(f"direct {i + 1}: bare {base['per_job_us']:.0f} us/job, "
+                             f"max_parallel 1 {per_job:.0f} us/job ({ratio1[-1]:.2f}x)")
+                if mp == 2:
+                    speed2.append((n / r["elapsed_s"]) / base["jobs_per_s"])
+                    self.log(f"direct {i + 1}: max_parallel 2 {n / r['elapsed_s']:.0f} jobs/s "
+                             f"({speed2[-1]:.2f}x the bare serial loop)")
+            # The same without the sandbox's seccomp filter, which the kernel compiles per job.
+            r = self.looper_run(n, "bench.job", max_parallel=1, queue_size=n, seccomp="off", **true)
+            ratio_off.append(r["elapsed_s"] / n * 1e6 / base["per_job_us"])
+            cpu_off.append(r["with_jobs_cpu_s"] / base["cpu_s"])
+            self.log(f"direct {i + 1}: CPU time per job {cpu1[-1]:.2f}x the bare loop's; "
+                     f"seccomp off: {ratio_off[-1]:.2f}x wall, {cpu_off[-1]:.2f}x CPU")
+            for mp in self.args.parallel:
+                if mp > 1:
+                    b = self.bare(n, mp, "/bin/true")
+                    curve["bare"].setdefault(mp, []).append(b["jobs_per_s"])
+        self.record("direct", "per_job_vs_bare_spawn", ratio1, "ratio", "<= 1.15",
+                    lambda v: v <= 1.15, note="max_parallel 1, time per job / bare posix_spawn loop")
+        self.record("direct", "cpu_per_job_vs_bare_spawn", cpu1, "ratio", "<= 1.15",
+                    lambda v: v <= 1.15,
+                    note="CPU time (supervisor + jobs) per job / the bare loop's (+ its children)")
+        self.record("direct", "per_job_vs_bare_spawn_seccomp_off", ratio_off, "ratio",
+                    note="the same with executor.seccomp: off")
+        self.record("direct", "cpu_per_job_vs_bare_spawn_seccomp_off", cpu_off, "ratio",
+                    note="CPU time, executor.seccomp: off")
+        self.record("direct", "bare_parallel_2_vs_bare_serial",
+                    [p2 / p1 for p1, p2 in zip(curve["bare"][1], curve["bare"].get(2, []))],
+                    "ratio", note="what this machine allows: the bare loop, 2 at a time")
+        self.record("direct", "max_parallel_2_vs_bare_serial", speed2, "ratio", ">= 1.7",
+                    lambda v: v >= 1.7, note="throughput / bare serial loop")
+        self.results["direct"]["curve_jobs_per_s"] = {
+            k: {mp: summary(v) for mp, v in d.items()} for k, d in curve.items()}
+
+    # 4. real ansible
+    def ansible(self):
+        n = self.args.ansible_events
+        pb = str(self.playbooks / "bench.job.yml")
+        env_cmd = ["/usr/bin/env", "ANSIBLE_LOCALHOST_WARNING=false",
+                   "ANSIBLE_INVENTORY_UNPARSED_WARNING=false"]
+        speed, curve = {}, {}
+        os.environ.update(ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+        for i in range(self.args.ansible_reps):
+            base = self.bare(n, 1, *env_cmd, "/usr/bin/ansible-playbook", pb,
+                             "-e", "loopabull_job_id=0", quiet=True)
+            assert base["failed"] == 0, base
+            curve.setdefault("serial baseline", {}).setdefault(1, []).append(base["jobs_per_s"])
+            for mp in self.args.ansible_parallel:
+                r = self.looper_run(n, "bench.job", max_parallel=mp)
+                assert r["succeeded"] == n, r
+                jps = n / r["elapsed_s"]
+                curve.setdefault("loopabull", {}).setdefault(mp, []).append(jps)
+                speed.setdefault(mp, []).append(jps / base["jobs_per_s"])
+                self.log(f"ansible {i + 1}: serial {base['jobs_per_s']:.2f} jobs/s, "
+                         f"max_parallel {mp} {jps:.2f} jobs/s ({speed[mp][-1]:.2f}x)")
+        for mp, v in speed.items():
+            self.record("ansible", f"max_parallel_{mp}_vs_serial", v, "ratio",
+                        ">= 1.8" if mp == 2 else None, (lambda x: x >= 1.8) if mp == 2 else None,
+                        note=f"{n} events, jobs/s / serial ansible-playbook loop")
+        self.results["ansible"]["curve_jobs_per_s"] = {
+            k: {mp: summary(v) for mp, v in d.items()} for k, d in curve.items()}
+
+    # 5. memory
+    def memory(self):
+        idle, queued, bounded = [], [], []
+        sleeper = {"playbook_cmd": ["/bin/sh", "-c", "exec sleep 600", "job"]}
+        for i in range(self.args.reps):
+            out = self.tmp / "idle.json"
+            out.unlink(missing_ok=True)
+            sup = self.supervisor(self.config(["--count", "0", "--out", str(out)]))
+            try:
+                time.sleep(0.5)
+                idle.append(sup.rss())
+            finally:
+                sup.stop()
+            for size, sink in ((self.args.queued, queued), (1000, bounded)):
+                out = self.tmp / f"queued-{size}.json"
+                out.unlink(missing_ok=True)
+                cfg = self.config(["--count", str(self.args.queued + 1), "--key", "bench.job",
+                                   "--out", str(out)], max_parallel=1, queue_size=size, **sleeper)
+                sup = self.supervisor(cfg)
+                try:
+                    want = f"1 running, {size} queued"
+                    wait_for(lambda: want in sup.notify.poll(), 120, f"{want!r} ({sup.notify.status})")
+                    time.sleep(1.5)  # the looper writes on until the pipe is full
+                    prog = read_json(out) or {}
+                    sink.append({"rss": sup.rss(), "queued": size, "sent": prog.get("sent"),
+                                 "status": sup.notify.poll()})
+                finally:
+                    sup.proc.kill()  # not stop(): 100,000 cancellations are not what is measured
+                    sup.proc.wait()
+                    sup.stop()
+            self.log(f"memory {i + 1}: idle {idle[-1] / MiB:.1f} MiB; {self.args.queued} queued "
+                     f"{queued[-1]['rss'] / MiB:.1f} MiB; queue_size 1000: "
+                     f"{bounded[-1]['rss'] / MiB:.1f} MiB, looper could write "
+                     f"{bounded[-1]['sent']} of {self.args.queued + 1}")
+        self.record("memory", "idle_rss_mib", [v / MiB for v in idle], "MiB", "< 8", lambda v: v < 8)
+        self.record("memory", f"rss_{self.args.queued}_queued_mib", [q["rss"] / MiB for q in queued],
+                    "MiB", "< 64", lambda v: v < 64)
+        self.record("memory", "rss_queue_size_1000_mib", [q["rss"] / MiB for q in bounded], "MiB",
+                    note=f"{self.args.queued + 1} events offered, queue_size 1000")
+        self.record("memory", "events_taken_queue_size_1000", [q["sent"] for q in bounded],
+                    "events", note="events the looper could write: queue + pipe and read buffers")
+
+    # 6. start-up
+    def startup(self):
+        times = []
+        for _ in range(max(self.args.reps, 5)):
+            out = self.tmp / "start.json"
+            sup = self.supervisor(self.config(["--count", "0", "--out", str(out)]))
+            times.append((sup.t_ready - sup.t_exec) * 1000)
+            sup.stop()
+        self.log(f"start-up: median {statistics.median(times):.1f} ms")
+        self.record("startup", "exec_to_ready_ms", times, "ms", "< 50", lambda v: v < 50)
+
+    # 3. scope executor
+    def scope(self):
+        sys.path.insert(0, str(ROOT / "tests" / "system"))
+        import machine
+        reason = machine.unavailable_reason()
+        if reason:
+            self.results["scope"] = {"skipped": reason}
+            self.log(f"scope: skipped: {reason}")
+            return
+        n = self.args.scope_jobs
+        ratios, curve = {}, {}
+        with machine.Machine(build_dir=self.build, rebuild=False) as m:
+            shutil.copy(self.looper, m.path("/usr/local/bin/bench-looper"))
+            m.write_file("/srv/bench/playbooks/bench.job.yml", "")
+            for i in range(self.args.reps):
+                t0 = time.monotonic()
+                m.run(f"for i in $(seq {n}); do systemd-run --scope -q /bin/true; done", timeout=600)
+                base = (time.monotonic() - t0) / n * 1e6
+                curve.setdefault("systemd-run --scope loop", {}).setdefault(1, []).append(1e6 / base)
+                for mp in self.args.scope_parallel:
+                    per = self.scope_run(m, n, mp)
+                    curve.setdefault("loopabull", {}).setdefault(mp, []).append(1e6 / per)
+                    ratios.setdefault(mp, []).append(base / per)
+                    self.log(f"scope {i + 1}: systemd-run --scope {base / 1000:.1f} ms/job, "
+                             f"max_parallel {mp} {per / 1000:.1f} ms/job ({base / per:.1f}x faster)")
+        for mp, v in ratios.items():
+            self.record("scope", f"max_parallel_{mp}_speedup", v, "ratio",
+                        ">= 3" if mp == max(ratios) else None,
+                        (lambda x: x >= 3) if mp == max(ratios) else None,
+                        note="systemd-run --scope time per job / loopabull's")
+        self.results["scope"]["curve_jobs_per_s"] = {
+            k: {mp: summary(v) for mp, v in d.items()} for k, d in curve.items()}
+
+    def scope_run(self, m, n, mp):
+        out = f"/srv/bench/out-{mp}-{time.monotonic_ns()}.json"
+        cfg = {"loglevel": "info", "routing_keys": ["bench.job"], "runtime_dir": "/run/lbbench",
+               "loopers": [{"name": "bench", "command": ["/usr/local/bin/bench-looper", "--count",
+                                                          str(n), "--key", "bench.job", "--out", out]}],
+               "ansible": {"playbooks_dir": "/srv/bench/playbooks", "playbook_cmd": ["/bin/true"]},
+               "executor": {"type": "scope", "max_parallel": mp, "allow_root": True,
+                            "timeout": "10min", "stop_timeout": "5s"}}
+        m.write_file("/etc/loopabull/bench.yml", json.dumps(cfg))
+        m.run(["systemd-run", "--unit=lbbench.service", "-p", "Type=notify", "-p", "KillMode=mixed",
+               "/usr/local/bin/loopabull", "--bus=none", "--instance", "bench",
+               "/etc/loopabull/bench.yml"])
+        try:
+            res = wait_for(lambda: (r := read_json(m.path(out))) and r["final"] and r, 600,
+                           "the scope run")
+            assert res["succeeded"] == n, (res, m.journal("lbbench.service", lines=30))
+            return res["elapsed_s"] / n * 1e6
+        finally:
+            m.systemctl("stop", "lbbench.service", check=False)
+            m.systemctl("reset-failed", "lbbench.service", check=False)
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def table(results):
+    rows = [("scenario", "metric", "median", "min .. max", "target", "")]
+    for scen, metrics in results.items():
+        if "skipped" in metrics:
+            rows.append((scen, "skipped: " + metrics["skipped"], "", "", "", ""))
+            continue
+        for name, s in metrics.items():
+            if not isinstance(s, dict) or "median" not in s:
+                continue
+            met = {True: "met", False: "MISSED"}.get(s.get("met"), "")
+            rows.append((scen, name, f"{fmt(s['median'])} {s['unit']}",
+                         f"{fmt(s['min'])} .. {fmt(s['max'])}", s.get("target") or "", met))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    md = ["| scenario | metric | median | min .. max | target | |", "|---|---|---|---|---|---|"]
+    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return text, "\n".join(md)
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [(k, results[k]["curve_jobs_per_s"]) for k in ("direct", "ansible", "scope")
+              if "curve_jobs_per_s" in results.get(k, {})]
+    lat = {k[len("latency_"):-3]: v for k, v in results.get("event_path", {}).items()
+           if k.startswith("latency_")}
+    if not panels and not lat:
+        return
+    fig, axes = plt.subplots(1, len(panels) + (1 if lat else 0), figsize=(5 * (len(panels) + 1), 4))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    titles = {"direct": "direct executor, /bin/true", "ansible": "real ansible-playbook",
+              "scope": "scope executor, /bin/true"}
+    for ax, (name, curve) in zip(axes, panels):
+        for label, pts in curve.items():
+            xs = sorted(int(x) for x in pts)
+            ys = [pts[x if x in pts else str(x)]["median"] for x in xs]
+            lo = [y - pts[x if x in pts else str(x)]["min"] for x, y in zip(xs, ys)]
+            hi = [pts[x if x in pts else str(x)]["max"] - y for x, y in zip(xs, ys)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label)
+        ax.set_title(titles[name])
+        ax.set_xlabel("max_parallel (baseline: parallel runs)")
+        ax.set_ylabel("jobs/s (median, min..max)")
+        ax.set_xticks(sorted({int(x) for c in curve.values() for x in c}))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if lat:
+        floor = {k[len("echo_latency_"):-3]: v for k, v in results["event_path"].items()
+                 if k.startswith("echo_latency_")}
+        ax = axes[-1]
+        names = list(lat)
+        xs = list(range(len(names)))
+        for off, label, data in ((-0.2, "loopabull", lat), (0.2, "bare pipe echo", floor)):
+            if not data:
+                continue
+            ax.bar([x + off for x in xs], [data[k]["median"] for k in names], width=0.4,
+                   yerr=[[data[k]["median"] - data[k]["min"] for k in names],
+                         [data[k]["max"] - data[k]["median"] for k in names]],
+                   capsize=3, label=label)
+        ax.set_xticks(xs, names)
+        ax.axhline(1000, color="red", linestyle="--", label="p99 target (1 ms)")
+        ax.set_yscale("log")
+        ax.set_title("looper-to-answer latency at a paced rate")
+        ax.set_ylabel("microseconds")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def machine_info():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "?")
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    mem = next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
+               if l.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / MiB, 1),
+            "kernel": platform.release(), "loadavg_at_start": load,
+            "os": next((l.split("=", 1)[1].strip('"') for l in
+                        Path("/etc/os-release").read_text().splitlines()
+                        if l.startswith("PRETTY_NAME=")), "?")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--build", default=str(ROOT / "build-bench"))
+    ap.add_argument("--out", default=None, help="results directory (default BUILD/bench-results)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--events", type=int, default=200000)
+    ap.add_argument("--paced-rate", type=int, default=10000)
+    ap.add_argument("--jobs", type=int, default=5000)
+    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--ansible-events", type=int, default=50)
+    ap.add_argument("--ansible-reps", type=int, default=2)
+    ap.add_argument("--ansible-parallel", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--scope-jobs", type=int, default=200)
+    ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--queued", type=int, default=100000)
+    ap.add_argument("--only", nargs="+", choices=["event_path", "direct", "scope", "ansible",
+                                                    "memory", "startup"])
+    ap.add_argument("--docs", action="store_true",
+                    help="also write the plot and the table into docs/PERFORMANCE.md")
+    args = ap.parse_args()
+    bench = Bench(args)
+    out = Path(args.out or bench.build / "bench-results")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    info = machine_info()
+    order = ["startup", "event_path", "direct", "memory", "scope", "ansible"]
+    try:
+        for name in order:
+            if args.only and name not in args.only:
+                continue
+            bench.log(f"scenario {name}")
+            getattr(bench, name)()
+    finally:
+        bench.close()
+    info["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+           "duration_s": round(time.time() - started, 1), "command": " ".join(
+               a for i, a in enumerate(sys.argv[1:]) if "--build" not in sys.argv[i:i + 2]),
+           "machine": info, "git": subprocess.run(["git", "-C", str(ROOT), "describe", "--always",
+                                                   "--dirty"], capture_output=True,
+                                                  text=True).stdout.strip(),
+           "results": bench.results}
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    text, md = table(bench.results)
+    print(text)
+    plot(bench.results, out / "performance.png")
+    print(f"\n{out / 'results.json'}\n{out / 'performance.png'}  ({doc['duration_s']} s)")
+    if args.docs:
+        update_docs(doc, md, out / "performance.png")
+    return 0 if all(s.get("met", True) for m in bench.results.values() for s in m.values()
+                    if isinstance(s, dict)) else 1
+
+
+def update_docs(doc, md, png):
+    shutil.copy(png, ROOT / "docs" / "performance.png")
+    page = ROOT / "docs" / "PERFORMANCE.md"
+    text = page.read_text()
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    m = doc["machine"]
+    block = (f"{begin}\nRun {doc['date']} ({doc['git']}), `bench/run {doc['command']}`, "
+             f"{doc['duration_s']:.0f} s. Machine: {m['cpu']}, {m['cores']} cores, "
+             f"{m['mem_gib']} GiB, {m['os']}, Linux {m['kernel']}; load average "
+             f"{' '.join(m['loadavg_at_start'])} at the start, {' '.join(m['loadavg_at_end'])} "
+             f"at the end.\n\n{md}\n{end}")
+    head, rest = text.split(begin, 1)
+    page.write_text(head + block + rest.split(end, 1)[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
