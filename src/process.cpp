@@ -103,6 +103,20 @@ const char* stage_name(int stage) {
     }
 }
 
+// AddressSanitizer cannot follow instrumented code into a child that shares our memory on a stack
+// of its own (the child aborts before execve), so sanitized builds fork every child.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
 struct ChildArgs {
     const SpawnSpec* spec;
     char* const* argv;
@@ -153,6 +167,13 @@ fail:
     _exit(127);
 }
 
+// The child is gone already; reap it here so that callers only ever track live children.
+Spawned reap_failed(pid_t pid, const ChildError& report) {
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    return {-1, report.error, stage_name(report.stage), {}};
+}
+
 int child_entry(void* args) {
     child(*static_cast<const ChildArgs*>(args));
 }
@@ -184,10 +205,7 @@ Spawned spawn_shared(const SpawnSpec& spec, char* const* argv, char* const* envp
     sigprocmask(SIG_SETMASK, &old, nullptr);
     if (pid < 0) return {-1, err, "forking", {}};
     if (report.stage < 0) return {pid, 0, {}, {}};
-    // The child is gone already; reap it here so that callers only ever track live children.
-    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    return {-1, report.error, stage_name(report.stage), {}};
+    return reap_failed(pid, report);
 }
 
 std::vector<char*> pointers(const std::vector<std::string>& strings) {
@@ -214,7 +232,7 @@ Spawned spawn(const SpawnSpec& spec) {
     auto argv = pointers(spec.argv);
     auto envp = pointers(spec.env);
     if (devnull_fd() < 0) return {-1, errno, "opening /dev/null", {}};
-    if (spec.wait_fd < 0) return spawn_shared(spec, argv.data(), envp.data());
+    if (spec.wait_fd < 0 && !kSanitized) return spawn_shared(spec, argv.data(), envp.data());
     int err_pipe[2];
     if (pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes", {}};
     UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
@@ -225,7 +243,15 @@ Spawned spawn(const SpawnSpec& spec) {
         child({&spec, argv.data(), envp.data(), devnull_fd(), err_write.get(), parent, nullptr});
     err_write.reset();
     // It waits for its scope: its failure, if any, is read once it has exited.
-    return {pid, 0, nullptr, std::move(err_read)};
+    if (spec.wait_fd >= 0) return {pid, 0, nullptr, std::move(err_read)};
+    // Blocks only until execve: the pipe closes on exec, or carries the child's failure.
+    ChildError report{};
+    ssize_t n;
+    do
+        n = read(err_read.get(), &report, sizeof report);
+    while (n < 0 && errno == EINTR);
+    if (n != sizeof report) return {pid, 0, {}, {}};
+    return reap_failed(pid, report);
 }
 
 std::optional<std::string> read_spawn_failure(int fd, const std::string& program) {
