@@ -100,6 +100,16 @@ def alive(pid):
         return False
 
 
+def assert_gone_soon(pid):
+    """pid is gone half a second later; a survivor is killed so that the test leaves nothing."""
+    try:
+        time.sleep(0.5)
+        assert not alive(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def true_config(workdir, loopers, **over):
     for key in ("good.key", "routed.key"):
         (workdir / "playbooks" / f"{key}.yml").write_text("- hosts: localhost\n")
@@ -307,13 +317,9 @@ def test_direct_executor_timeout_reaches_a_process_that_left_the_group(workdir, 
     cfg["ansible"]["playbook_cmd"] = str(hang)
     sup = supervisor(cfg)
     wait_until(lambda: read_answers(answers), 20, what="the timeout answer")
-    pid = int(pidfile.read_text())
     try:
-        time.sleep(0.5)
-        assert not alive(pid)
+        assert_gone_soon(int(pidfile.read_text()))
     finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
         sup.stop()
 
 
@@ -329,12 +335,7 @@ def test_direct_executor_job_children_die_with_a_killed_supervisor(workdir, supe
     wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, what="the job's child")
     pid = int(pidfile.read_text())
     sup.kill()
-    try:
-        time.sleep(0.5)
-        assert not alive(pid)
-    finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    assert_gone_soon(pid)
 
 
 JOB = """\
