@@ -14,7 +14,7 @@
 #include "options.hpp"
 #include "policy.hpp"
 
-#include "../looper-kit.hpp"
+#include "kit/looper-kit.hpp"
 
 #include <fcntl.h>
 #include <limits.h>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "options.hpp"
 
-#include <loopabull/config.hpp>
+#include "core/config.hpp"
 
 #include <amqp.h>
 

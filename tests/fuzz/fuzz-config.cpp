@@ -3,7 +3,7 @@
 // Invariants: it never throws or crashes; it returns a config or at least one error, never both;
 // every error names the file and says something; a config it accepts is one the supervisor can
 // run (a known dialect, loopers with a command, valid routing_keys).
-#include "loopabull/config.hpp"
+#include "core/config.hpp"
 
 #include <yaml-cpp/yaml.h>
 

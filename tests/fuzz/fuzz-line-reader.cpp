@@ -4,8 +4,8 @@
 // Invariants: the lines produced are exactly the lines of the whole input (overlong ones reported
 // once, as a prefix), the reader's buffer stays within max_line plus one read, every accepted
 // event obeys the grammar, and every answer is one line of valid JSON.
-#include "loopabull/protocol.hpp"
-#include "loopabull/routing.hpp"
+#include "core/protocol.hpp"
+#include "core/routing.hpp"
 
 #include <fuzzer/FuzzedDataProvider.h>
 

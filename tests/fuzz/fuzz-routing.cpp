@@ -5,7 +5,7 @@
 // Invariants: a key the grammar accepts makes a relative path without '/'-tricks; whatever the key
 // (valid or not), nothing found lies outside the playbooks directory; pattern matching agrees
 // with a simple reference matcher and stays fast (libFuzzer's -timeout catches blow-ups).
-#include "loopabull/routing.hpp"
+#include "core/routing.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -6,8 +6,8 @@
 // mode); every untagged scalar is a null, boolean, integer or float as YAML 1.1 resolves it.
 // With LOOPABULL_FUZZ_VARS_DUMP=DIR, each body and its file are written to DIR (NAME.json,
 // NAME.yml) so that tests/fuzz/test_varsfile_ansible.py can read them with Ansible's own loader.
-#include "loopabull/protocol.hpp"
-#include "loopabull/varsfile.hpp"
+#include "core/protocol.hpp"
+#include "core/varsfile.hpp"
 
 #include <yaml-cpp/yaml.h>
 

@@ -8,11 +8,15 @@ import shutil
 import signal
 import tempfile
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+# tests/waiting.py: shared with the system tier.
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from waiting import wait_until  # noqa: E402,F401  (re-exported to the tests)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -33,16 +37,6 @@ def _sanitized():
 
 # A -Dsanitize=true build (ASan+UBSan): memory figures include ASan's shadow and allocator.
 SANITIZED = _sanitized()
-
-
-def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def read_answers(path):

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+# tests/waiting.py: shared with the integration tier.
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from machine import Machine, unavailable_reason
 
 BUILD_DIR = Path(os.environ.get("LOOPABULL_BUILD_DIR") or Path(__file__).parents[2] / "build").resolve()

@@ -3,21 +3,11 @@
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from machine import Machine, MachineError, _mounts_under, _pids_in_pidns, unavailable_reason
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from waiting import wait_until
 
 
 def test_pid1_is_systemd_and_system_is_up(machine):

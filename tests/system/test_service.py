@@ -16,6 +16,7 @@ import time
 import pytest
 
 from machine import MachineError
+from waiting import wait_until
 
 NAME = "org.loopabull.Loopabull1"
 OBJECT = "/org/loopabull/Loopabull1"
@@ -44,16 +45,6 @@ PLAYBOOKS = {
     - ansible.builtin.command: "sleep {{ seconds | default(60) }}"
 """,
 }
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def build_options(build_dir):

@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The configuration file: the current dialect and both dialects of the original loopabull.
+// Every problem is collected with its position, so one run of --check-config lists them all.
+#pragma once
+
+#include "core/config-error.hpp"
+#include "core/log-level.hpp"
+#include "core/routing.hpp"
+#include "core/sandbox.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace loopabull {
+
+using usec = std::chrono::microseconds;
+
+struct LooperConfig {
+    std::string name;
+    std::vector<std::string> command;
+    nlohmann::json config = nlohmann::json::object();
+    usec restart_delay = std::chrono::seconds(1);
+    usec restart_delay_max = std::chrono::minutes(1);
+    unsigned restart_limit = 5;
+    std::size_t max_line_length = 1 << 20;
+
+    bool operator==(const LooperConfig&) const = default;
+};
+
+struct AnsibleConfig {
+    std::string playbooks_dir;
+    Layout layout = Layout::name;
+    std::vector<std::string> playbook_cmd{"/usr/bin/ansible-playbook"};
+    std::optional<std::string> cfg_file_path;
+    std::optional<std::string> inventory;
+    bool trusted_payloads = false;
+    std::vector<std::pair<std::string, std::string>> environment;
+};
+
+struct ExecutorConfig {
+    std::string type = "direct"; // direct | scope
+    // Scope executor: every job in a transient scope of the system or the user's manager.
+    bool user_manager = false;
+    std::string slice = "loopabull.slice";
+    std::optional<std::uint64_t> memory_max = std::uint64_t(2) << 30; // nullopt: infinity
+    std::optional<std::uint64_t> tasks_max = 1024;
+    std::optional<std::uint64_t> cpu_quota_per_sec_usec = 2000000; // 200%
+    bool fallback_direct = false; // when a scope cannot be made: run unconfined, or fail
+    unsigned max_parallel = 4;
+    std::size_t queue_size = 1000;
+    usec timeout = std::chrono::minutes(30);
+    usec kill_grace = std::chrono::seconds(10);
+    usec stop_timeout = std::chrono::minutes(5);
+    // Sandbox of every playbook run (both executors).
+    std::string seccomp = "default"; // off | default | PATH of a profile
+    std::optional<SeccompPolicy> seccomp_policy = default_seccomp_policy(); // nullopt: off
+    bool allow_root = false;
+    std::uint64_t limit_nofile = 4096;
+};
+
+struct Config {
+    std::string path;
+    std::string dialect; // "loopabull", "legacy-readme" or "legacy-0.0.7"
+    LogLevel loglevel = LogLevel::info;
+    std::vector<std::string> routing_keys{"all"};
+    std::optional<std::string> runtime_dir;
+    std::vector<LooperConfig> loopers;
+    AnsibleConfig ansible;
+    ExecutorConfig executor;
+};
+
+struct LoadOptions {
+    std::string looper_dir;  // where bundled loopers live
+    bool check_files = true; // check that paths exist (off for fuzzing)
+};
+
+struct ConfigLoad {
+    std::optional<Config> config;
+    std::vector<ConfigError> errors;
+};
+
+ConfigLoad load_config(const std::string& path, const LoadOptions& options);
+ConfigLoad parse_config(const std::string& text, const std::string& path,
+                        const LoadOptions& options);
+
+// Strict value grammars shared by every duration and size key.
+std::optional<usec> parse_duration(std::string_view text, std::string* error);
+std::optional<std::uint64_t> parse_size(std::string_view text, std::string* error);
+
+// The bundled loopers present in dir, sorted.
+std::vector<std::string> bundled_loopers(const std::string& dir);
+
+} // namespace loopabull

@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "core/routing.hpp"
+
+#include "core/unique-fd.hpp"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace loopabull {
+
+namespace {
+
+constexpr std::size_t kMaxKeyLength = 255;
+
+bool word_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+}
+
+std::vector<std::string_view> split_words(std::string_view s) {
+    std::vector<std::string_view> words;
+    std::size_t pos = 0;
+    while (true) {
+        auto dot = s.find('.', pos);
+        words.push_back(s.substr(pos, dot == std::string_view::npos ? dot : dot - pos));
+        if (dot == std::string_view::npos) return words;
+        pos = dot + 1;
+    }
+}
+
+std::optional<std::string> word_error(std::string_view w, bool wildcards) {
+    if (w.empty()) return "empty word (two dots in a row, or a leading or trailing dot)";
+    if (wildcards && (w == "*" || w == "#")) return std::nullopt;
+    if (w.front() == '-') return "a word may not start with '-'";
+    auto bad = std::find_if_not(w.begin(), w.end(), word_char);
+    if (bad == w.end()) return std::nullopt;
+    std::string msg = "character ";
+    if (static_cast<unsigned char>(*bad) < 0x20 || static_cast<unsigned char>(*bad) >= 0x7f) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(*bad));
+        msg += hex;
+    } else
+        msg += std::string("'") + *bad + "'";
+    return msg + " not allowed (letters, digits, '_' and '-' only)";
+}
+
+std::optional<std::string> grammar_error(std::string_view s, bool wildcards) {
+    if (s.empty()) return "empty";
+    if (s.size() > kMaxKeyLength) return "longer than 255 bytes";
+    // A bad character says more about the input ("../../etc") than the empty words around it.
+    for (auto w : split_words(s))
+        if (!w.empty())
+            if (auto err = word_error(w, wildcards)) return err;
+    for (auto w : split_words(s))
+        if (auto err = word_error(w, wildcards)) return err;
+    return std::nullopt;
+}
+
+// failed[i * (k.size() + 1) + j] remembers that pattern words from i cannot match key words from
+// j: without it, a pattern of many '#' ("#.#.#.#.x", found by fuzzing) against a long key that
+// does not match takes exponential time, and stalls the supervisor's one thread.
+bool match_words(const std::vector<std::string_view>& p, std::size_t i,
+                 const std::vector<std::string_view>& k, std::size_t j, std::vector<bool>& failed) {
+    std::size_t state = i * (k.size() + 1) + j;
+    if (failed[state]) return false;
+    for (; i < p.size(); ++i, ++j) {
+        if (p[i] == "#") {
+            for (std::size_t skip = j; skip <= k.size(); ++skip)
+                if (match_words(p, i + 1, k, skip, failed)) return true;
+            failed[state] = true;
+            return false;
+        }
+        if (j >= k.size() || (p[i] != "*" && p[i] != k[j])) return false;
+    }
+    return j == k.size();
+}
+
+long openat2_beneath(int dirfd, const std::string& rel) {
+    open_how how{};
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    return syscall(SYS_openat2, dirfd, rel.c_str(), &how, sizeof how);
+}
+
+} // namespace
+
+std::optional<std::string> routing_key_error(std::string_view key) {
+    return grammar_error(key, false);
+}
+
+std::optional<std::string> routing_pattern_error(std::string_view pattern) {
+    if (pattern == "all") return std::nullopt;
+    return grammar_error(pattern, true);
+}
+
+bool routing_pattern_matches(std::string_view pattern, std::string_view key) {
+    if (pattern == "all") return true;
+    if (pattern.find_first_of("*#") == std::string_view::npos) return pattern == key;
+    auto p = split_words(pattern), k = split_words(key);
+    std::vector<bool> failed((p.size() + 1) * (k.size() + 1));
+    return match_words(p, 0, k, 0, failed);
+}
+
+RoutingFilter::RoutingFilter(std::vector<std::string> patterns) : patterns_(std::move(patterns)) {
+    all_ = std::find(patterns_.begin(), patterns_.end(), "all") != patterns_.end();
+}
+
+bool RoutingFilter::selects(std::string_view key) const {
+    if (all_) return true;
+    return std::any_of(patterns_.begin(), patterns_.end(),
+                       [&](const std::string& p) { return routing_pattern_matches(p, key); });
+}
+
+std::string playbook_relative_path(std::string_view key, Layout layout) {
+    std::string rel(key);
+    if (layout == Layout::directory) std::replace(rel.begin(), rel.end(), '.', '/');
+    return rel + ".yml";
+}
+
+PlaybookLookup find_playbook(int dirfd, const std::string& dir, std::string_view key,
+                             Layout layout) {
+    using S = PlaybookLookup::Status;
+    std::string rel = playbook_relative_path(key, layout);
+    std::string path = dir + "/" + rel;
+    long fd = openat2_beneath(dirfd, rel);
+    if (fd < 0) {
+        int err = errno;
+        if (err == ENOENT || err == ENOTDIR) return {S::missing, path, "no such playbook"};
+        if (err == EXDEV || err == ELOOP)
+            return {S::escapes, path, "resolves outside the playbooks directory"};
+        return {S::error, path, std::strerror(err)};
+    }
+    UniqueFd owned(static_cast<int>(fd));
+    struct stat st {};
+    if (fstat(owned.get(), &st) < 0) return {S::error, path, std::strerror(errno)};
+    if (!S_ISREG(st.st_mode)) return {S::not_a_file, path, "not a regular file"};
+    return {S::found, std::move(path), {}};
+}
+
+} // namespace loopabull

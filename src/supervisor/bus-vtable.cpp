@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The vtable of org.loopabull.Loopabull1.Manager: properties, and the handlers of its methods.
+#include "supervisor/bus-api-object.hpp"
+
+#include "build-config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstring>
+#include <system_error>
+#include <vector>
+
+namespace loopabull::bus_detail {
+
+// Property and argument names as documented in org.loopabull.Loopabull1(5). Every method is
+// SD_BUS_VTABLE_UNPRIVILEGED: otherwise sd-bus itself would demand CAP_SYS_ADMIN of callers on
+// the system bus. Reading is open to all; the methods that change something check their caller
+// themselves (authorize()).
+const sd_bus_vtable BusApi::kVtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_PROPERTY("Instance", "s", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("Version", "s", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("State", "s", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("EventsReceived", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("EventsRejected", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("JobsQueued", "u", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("JobsRunning", "u", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("JobsSucceeded", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("JobsFailed", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_METHOD_WITH_NAMES("ListLoopers", "", "", "a(ssuut)", SD_BUS_PARAM(loopers),
+                             list_loopers, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("ListJobs", "", "", "a(tsssts)", SD_BUS_PARAM(jobs),
+                             list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("GetJob", "t", SD_BUS_PARAM(id), "tsssstttsi",
+                             SD_BUS_PARAM(id) SD_BUS_PARAM(routing_key) SD_BUS_PARAM(state)
+                                 SD_BUS_PARAM(unit) SD_BUS_PARAM(looper) SD_BUS_PARAM(queued_usec)
+                                     SD_BUS_PARAM(started_usec) SD_BUS_PARAM(finished_usec)
+                                         SD_BUS_PARAM(result) SD_BUS_PARAM(exit_code),
+                             get_job, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("CancelJob", "t", SD_BUS_PARAM(id), "", "", cancel_job,
+                             SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("Pause", "", "", pause, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("Resume", "", "", resume, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("Reload", "", "", reload, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_SIGNAL_WITH_NAMES("JobNew", "ts", SD_BUS_PARAM(id) SD_BUS_PARAM(routing_key), 0),
+    SD_BUS_SIGNAL_WITH_NAMES("JobRemoved", "tsi",
+                             SD_BUS_PARAM(id) SD_BUS_PARAM(result) SD_BUS_PARAM(exit_code), 0),
+    SD_BUS_VTABLE_END,
+};
+
+int BusApi::get_property(sd_bus*, const char*, const char*, const char* property,
+                         sd_bus_message* reply, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        std::string_view p(property);
+        if (p == "Instance") return sd_bus_message_append(reply, "s", self->manager_.instance().c_str());
+        if (p == "Version") return sd_bus_message_append(reply, "s", LOOPABULL_VERSION);
+        auto s = self->snapshot();
+        if (p == "State") return sd_bus_message_append(reply, "s", s.state.c_str());
+        if (p == "EventsReceived") return sd_bus_message_append(reply, "t", s.events_received);
+        if (p == "EventsRejected") return sd_bus_message_append(reply, "t", s.events_rejected);
+        if (p == "JobsQueued") return sd_bus_message_append(reply, "u", s.jobs_queued);
+        if (p == "JobsRunning") return sd_bus_message_append(reply, "u", s.jobs_running);
+        if (p == "JobsSucceeded") return sd_bus_message_append(reply, "t", s.jobs_succeeded);
+        if (p == "JobsFailed") return sd_bus_message_append(reply, "t", s.jobs_failed);
+        return sd_bus_error_setf(error, SD_BUS_ERROR_UNKNOWN_PROPERTY, "Unknown property %s", property);
+    });
+}
+
+// ---- methods anyone may call ------------------------------------------------------------------
+
+// A method return holding one array, filled item by item.
+template <class Items, class Append>
+int reply_array(sd_bus_message* m, const char* contents, const Items& items, Append append) {
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_message_new_method_return(m, &raw);
+    if (r < 0) return r;
+    BusMessagePtr reply(raw);
+    r = sd_bus_message_open_container(raw, 'a', contents);
+    for (auto& item : items) {
+        if (r < 0) break;
+        r = append(raw, item);
+    }
+    if (r >= 0) r = sd_bus_message_close_container(raw);
+    if (r >= 0) r = sd_bus_send(nullptr, raw, nullptr);
+    return r;
+}
+
+int BusApi::list_loopers(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        return reply_array(m, "(ssuut)", self->manager_.loopers(), [](sd_bus_message* raw, const LooperInfo& l) {
+            return sd_bus_message_append(raw, "(ssuut)", l.name.c_str(), l.state.c_str(),
+                                         static_cast<std::uint32_t>(l.pid > 0 ? l.pid : 0),
+                                         static_cast<std::uint32_t>(l.restarts),
+                                         static_cast<std::uint64_t>(l.events));
+        });
+    });
+}
+
+int BusApi::list_jobs(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        return reply_array(m, "(tsssts)", self->manager_.jobs(), [](sd_bus_message* raw, const JobInfo& j) {
+            return sd_bus_message_append(raw, "(tsssts)", static_cast<std::uint64_t>(j.id),
+                                         j.routing_key.c_str(), j.state.c_str(), j.unit.c_str(),
+                                         static_cast<std::uint64_t>(j.started_usec), j.looper.c_str());
+        });
+    });
+}
+
+int BusApi::no_such_job(JobId id, sd_bus_error* error) const {
+    return sd_bus_error_setf(error, kErrorNoSuchJob,
+                             "No job %" PRIu64 " in instance %s (never queued, or finished too long ago)",
+                             static_cast<std::uint64_t>(id), manager_.instance().c_str());
+}
+
+int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        std::uint64_t id = 0;
+        int r = sd_bus_message_read(m, "t", &id);
+        if (r < 0) return r;
+        auto job = self->manager_.job(id);
+        if (!job) return self->no_such_job(id, error);
+        std::string result = job->result ? std::string(to_string(*job->result)) : std::string();
+        return sd_bus_reply_method_return(
+            m, "tsssstttsi", static_cast<std::uint64_t>(job->id), job->routing_key.c_str(),
+            job->state.c_str(), job->unit.c_str(), job->looper.c_str(),
+            static_cast<std::uint64_t>(job->queued_usec), static_cast<std::uint64_t>(job->started_usec),
+            static_cast<std::uint64_t>(job->finished_usec), result.c_str(),
+            static_cast<std::int32_t>(job->exit_code.value_or(-1)));
+    });
+}
+
+// ---- methods that change something: root, the owner on the user bus, or polkit ---------------
+
+int BusApi::cancel_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        std::uint64_t id = 0;
+        int r = sd_bus_message_read(m, "t", &id);
+        if (r < 0) return r;
+        // Nobody is asked for a password to cancel a job that is not there.
+        auto job = self->manager_.job(id);
+        if (!job || job->state == "finished") return self->no_such_job(id, error);
+        return self->authorize(m, Verb::cancel, id, error);
+    });
+}
+
+int BusApi::pause(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] { return self->authorize(m, Verb::pause, 0, error); });
+}
+
+int BusApi::resume(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] { return self->authorize(m, Verb::resume, 0, error); });
+}
+
+int BusApi::reload(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] { return self->authorize(m, Verb::reload, 0, error); });
+}
+
+} // namespace loopabull::bus_detail

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// Runs jobs: each in a process group of its own (direct), or in a transient systemd scope of
+// its own (scope), killed whole on timeout or cancel.
+#pragma once
+
+#include "core/config.hpp"
+#include "core/protocol.hpp"
+#include "core/sandbox.hpp"
+#include "core/scheduler.hpp"
+#include "supervisor/scope.hpp"
+#include "supervisor/sd-ptr.hpp"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace loopabull {
+
+struct JobSpec {
+    JobId id = 0;
+    std::string routing_key;
+    std::vector<std::string> argv;
+    std::vector<std::string> env;
+    usec timeout{};
+    usec kill_grace{};
+    const Sandbox* sandbox = nullptr;
+};
+
+struct Outcome {
+    Result result = Result::failed;
+    std::optional<int> exit_code;
+    std::string error; // why the job could not run, for the log and the answer
+    std::string unit;  // the scope it ran in, if any
+};
+
+class ExecutorHost {
+  public:
+    virtual ~ExecutorHost() = default;
+    virtual void job_finished(JobId id, const Outcome& outcome) = 0;
+};
+
+// What the scope executor needs besides the scope manager.
+struct ScopeMode {
+    ScopeManager* scopes = nullptr;
+    std::string instance;
+    ScopeProperties properties; // description, runtime and stop timeout are set per job
+    bool fallback_direct = false;
+    bool user_manager = false; // for the journalctl hint in the log
+};
+
+class Executor {
+  public:
+    Executor(sd_event* event, ExecutorHost& host);
+    ~Executor();
+    Executor(const Executor&) = delete;
+    Executor& operator=(const Executor&) = delete;
+
+    // nullopt: the direct executor. Applies to jobs started from now on.
+    void set_scope_mode(std::optional<ScopeMode> mode) { scope_ = std::move(mode); }
+
+    // Starts the job, or says why it could not be started.
+    std::optional<std::string> start(const JobSpec& spec);
+    // Stops every process of the job (SIGTERM, SIGKILL after its grace); result "cancelled".
+    bool cancel(JobId id);
+    // The unit a running job is contained in ("" when it runs directly).
+    std::string unit(JobId id) const;
+
+  private:
+    struct Run;
+    static int on_output(sd_event_source*, int, uint32_t, void*) noexcept;
+    static int on_exit(sd_event_source*, const siginfo_t*, void*) noexcept;
+    static int on_timeout(sd_event_source*, uint64_t, void*) noexcept;
+    static int on_kill(sd_event_source*, uint64_t, void*) noexcept;
+
+    void add_sources(Run& run, usec timeout);
+    void create_scope(Run& run, const JobSpec& spec);
+    void scope_ready(JobId id, std::optional<std::string> error);
+    void finish(Run& run, const siginfo_t& si);
+    void terminate(Run& run);
+
+    sd_event* event_;
+    ExecutorHost& host_;
+    std::optional<ScopeMode> scope_;
+    std::unordered_map<JobId, std::unique_ptr<Run>> runs_;
+};
+
+} // namespace loopabull

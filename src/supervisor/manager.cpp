@@ -1,0 +1,719 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "supervisor/manager.hpp"
+
+#include "supervisor/bus.hpp"
+#include "supervisor/log.hpp"
+#include "supervisor/bus-api.hpp"
+#include "core/varsfile.hpp"
+
+#include "build-config.h"
+
+#include <systemd/sd-daemon.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <system_error>
+
+namespace loopabull {
+
+namespace {
+
+constexpr auto kStatusInterval = std::chrono::seconds(1);
+
+[[noreturn]] void fail(int err, const std::string& what) {
+    throw std::system_error(err < 0 ? -err : err, std::generic_category(), what);
+}
+
+void check(int r, const std::string& what) {
+    if (r < 0) fail(r, what);
+}
+
+// The playbook sees the supervisor's locale, home and path, nothing else it did not ask for;
+// ansible.environment may override any of these.
+std::vector<std::string> playbook_environment(const AnsibleConfig& a) {
+    static constexpr const char* keep[] = {"PATH",     "HOME",         "LANG", "LC_ALL",
+                                           "LC_CTYPE", "LANGUAGE",     "USER", "LOGNAME",
+                                           "TZ",       "SSH_AUTH_SOCK"};
+    std::map<std::string, std::string> vars;
+    for (auto name : keep)
+        if (const char* v = std::getenv(name)) vars[name] = v;
+    vars.try_emplace("PATH", "/usr/local/bin:/usr/bin:/bin");
+    if (a.cfg_file_path) vars["ANSIBLE_CONFIG"] = *a.cfg_file_path;
+    for (auto& [k, v] : a.environment)
+        vars[k] = v;
+    std::vector<std::string> env;
+    for (auto& [k, v] : vars)
+        env.push_back(k + "=" + v);
+    return env;
+}
+
+// A directory that only this user can enter: the vars files in it hold event data.
+void make_private_dir(const std::string& path) {
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    if (mkdir(path.c_str(), 0700) < 0 && errno != EEXIST) fail(errno, "creating " + path);
+    struct stat st {};
+    if (lstat(path.c_str(), &st) < 0) fail(errno, path);
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+        throw std::runtime_error(path +
+                                 " is not a directory owned by this user; refusing to use it");
+    if ((st.st_mode & 0077) != 0 && chmod(path.c_str(), 0700) < 0) fail(errno, "chmod " + path);
+}
+
+std::string default_runtime_dir(const std::string& instance) {
+    if (const char* rd = std::getenv("RUNTIME_DIRECTORY")) {
+        std::string dirs(rd);
+        return dirs.substr(0, dirs.find(':'));
+    }
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"))
+        return std::string(xdg) + "/loopabull/" + instance;
+    auto base = "/tmp/loopabull-" + std::to_string(geteuid());
+    make_private_dir(base);
+    return base + "/" + instance;
+}
+
+// Vars files of a supervisor that was killed: nothing else will ever delete them.
+void remove_stale_vars(const std::string& dir) {
+    struct Closedir {
+        void operator()(DIR* d) const noexcept { closedir(d); }
+    };
+    std::unique_ptr<DIR, Closedir> d(opendir(dir.c_str()));
+    if (!d) return;
+    int removed = 0;
+    while (auto entry = readdir(d.get())) {
+        std::string_view name(entry->d_name);
+        if (name.starts_with("job-") && name.ends_with(".yml") &&
+            unlinkat(dirfd(d.get()), entry->d_name, 0) == 0)
+            ++removed;
+    }
+    if (removed) spdlog::warn("removed {} vars files left by a previous run in {}", removed, dir);
+}
+
+UniqueFd open_playbooks_dir(const std::string& dir) {
+    UniqueFd fd(open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) fail(errno, "opening playbooks_dir " + dir);
+    return fd;
+}
+
+std::uint64_t now_realtime_usec() {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+// GetJob answers for this many finished jobs.
+constexpr std::size_t kHistory = 1000;
+
+std::string result_message(const Outcome& o) {
+    std::string s(to_string(o.result));
+    if (o.exit_code && o.result != Result::succeeded)
+        s += " (exit code " + std::to_string(*o.exit_code) + ")";
+    if (!o.error.empty()) s += ": " + o.error;
+    return s;
+}
+
+} // namespace
+
+std::string_view to_string(ManagerState s) noexcept {
+    switch (s) {
+    case ManagerState::starting:
+        return "starting";
+    case ManagerState::running:
+        return "running";
+    case ManagerState::paused:
+        return "paused";
+    case ManagerState::stopping:
+        return "stopping";
+    }
+    return "running";
+}
+
+Manager::Manager(ManagerOptions options, Config config)
+    : options_(std::move(options)), config_(std::move(config)) {}
+
+Manager::~Manager() {
+    for (auto& [id, job] : jobs_)
+        if (!job.vars_path.empty()) unlink(job.vars_path.c_str());
+}
+
+void Manager::setup_event_loop() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD})
+        sigaddset(&mask, sig);
+    check(sigprocmask(SIG_BLOCK, &mask, nullptr) < 0 ? -errno : 0, "sigprocmask");
+    // A looper that closes its stdin must not kill the supervisor with SIGPIPE.
+    signal(SIGPIPE, SIG_IGN);
+
+    sd_event* e = nullptr;
+    check(sd_event_new(&e), "sd_event_new");
+    event_.reset(e);
+    sd_event_source* s = nullptr;
+    for (auto [sig, slot, name] :
+         {std::tuple{SIGTERM, &sigterm_, "signal-term"}, std::tuple{SIGINT, &sigint_, "signal-int"},
+          std::tuple{SIGHUP, &sighup_, "signal-hup"}}) {
+        check(sd_event_add_signal(e, &s, sig, on_signal, this), "sd_event_add_signal");
+        slot->reset(s);
+        sd_event_source_set_description(s, name);
+    }
+    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_stop_timeout, this),
+          "stop timer");
+    stop_timer_.reset(s);
+    sd_event_source_set_description(s, "stop-timeout");
+    sd_event_source_set_enabled(s, SD_EVENT_OFF);
+    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_status_timer, this),
+          "status timer");
+    status_timer_.reset(s);
+    sd_event_source_set_description(s, "status");
+    sd_event_source_set_enabled(s, SD_EVENT_OFF);
+    check(sd_event_add_defer(e, &s, on_reap, this), "reaper");
+    reaper_.reset(s);
+    sd_event_source_set_description(s, "looper-reaper");
+    sd_event_source_set_enabled(s, SD_EVENT_OFF);
+    // Fed by the loop itself: a hung loop stops the pings and systemd restarts us.
+    check(sd_event_set_watchdog(e, true), "sd_event_set_watchdog");
+    executor_ = std::make_unique<Executor>(e, *this);
+}
+
+void Manager::setup_runtime_dir() {
+    runtime_dir_ = config_.runtime_dir.value_or(default_runtime_dir(options_.instance));
+    make_private_dir(runtime_dir_);
+    vars_dir_ = runtime_dir_ + "/vars";
+    make_private_dir(vars_dir_);
+    remove_stale_vars(vars_dir_);
+}
+
+int Manager::run() {
+    notify_ = std::getenv("NOTIFY_SOCKET") != nullptr;
+    setup_event_loop();
+    setup_runtime_dir();
+    if (options_.bus != BusKind::none) {
+        bus_api_ = make_bus_api(*this, options_.bus);
+        observer_ = bus_api_.get();
+    }
+    auto initial = std::move(config_);
+    apply(std::move(initial));
+    spdlog::info("loopabull {} instance {} running with {} looper(s), max_parallel {}",
+                 LOOPABULL_VERSION, options_.instance, loopers_.size(),
+                 config_.executor.max_parallel);
+    started_ = true;
+    status_changed();
+    if (notify_) sd_notify(0, "READY=1\nSTATUS=Running");
+    int r = sd_event_loop(event_.get());
+    if (r < 0) fail(r, "event loop");
+    return r;
+}
+
+namespace {
+
+// Playbooks run as the supervisor's user: that must be a dedicated one, never root by accident.
+void check_user(const ExecutorConfig& e) {
+    if (geteuid() != 0) return;
+    if (!e.allow_root)
+        throw std::runtime_error("refusing to run playbooks as root (uid 0): run loopabull as a "
+                                 "dedicated user, or set executor.allow_root: true");
+    spdlog::warn("RUNNING PLAYBOOKS AS ROOT (executor.allow_root is true): every event can act "
+                 "with full privileges on this machine");
+}
+
+Sandbox make_sandbox(const ExecutorConfig& e) {
+    Sandbox sb;
+    // A job cannot get more descriptors than the supervisor may: capped at its hard limit.
+    rlimit rl{};
+    getrlimit(RLIMIT_NOFILE, &rl);
+    sb.limit_nofile = std::min<std::uint64_t>(e.limit_nofile, rl.rlim_max);
+    if (e.seccomp_policy)
+        sb.seccomp = compile_seccomp(*e.seccomp_policy);
+    else
+        spdlog::warn("seccomp is off: playbooks run without a system call filter");
+    return sb;
+}
+
+} // namespace
+
+void Manager::apply(Config config) {
+    // Everything that can fail comes first, so that a failed reload changes nothing.
+    check_user(config.executor);
+    auto sandbox = make_sandbox(config.executor);
+    auto dirfd = open_playbooks_dir(config.ansible.playbooks_dir);
+    auto mode = scope_mode(config.executor);
+    log::set_level(options_.log_level.value_or(config.loglevel));
+    executor_->set_scope_mode(std::move(mode));
+    playbooks_dirfd_ = std::move(dirfd);
+    filter_ = RoutingFilter(config.routing_keys);
+    job_env_ = playbook_environment(config.ansible);
+    sandbox_ = std::move(sandbox);
+    scheduler_.set_limits(config.executor.max_parallel, config.executor.queue_size);
+    auto wanted = config.loopers;
+    config_ = std::move(config);
+    apply_loopers(wanted);
+    start_jobs();
+    update_intake();
+}
+
+// The scope executor's connection is made once, to one manager: at start, the scopes a killed
+// predecessor left are stopped before any job can take their names.
+std::optional<ScopeMode> Manager::scope_mode(const ExecutorConfig& e) {
+    if (e.type != "scope") return std::nullopt;
+    if (scope_user_manager_ && *scope_user_manager_ != e.user_manager)
+        throw std::runtime_error("executor.manager cannot change while running; restart instead");
+    if (!scopes_) {
+        auto kind = e.user_manager ? BusKind::user : BusKind::system;
+        scope_bus_ = open_bus(kind, event_.get(), "scopes");
+        scopes_ = std::make_unique<ScopeManager>(scope_bus_.get());
+        scope_user_manager_ = e.user_manager;
+        scopes_->stop_stale(options_.instance, std::chrono::seconds(30));
+    }
+    ScopeMode mode;
+    mode.scopes = scopes_.get();
+    mode.instance = options_.instance;
+    mode.fallback_direct = e.fallback_direct;
+    mode.user_manager = e.user_manager;
+    auto& p = mode.properties;
+    p.slice = e.slice;
+    p.memory_max = e.memory_max;
+    p.tasks_max = e.tasks_max;
+    p.cpu_quota_per_sec_usec = e.cpu_quota_per_sec_usec;
+    p.binds_to = ScopeManager::own_unit(e.user_manager);
+    return mode;
+}
+
+void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
+    std::set<std::string> names;
+    for (auto& lc : wanted) {
+        names.insert(lc.name);
+        auto it = loopers_.find(lc.name);
+        if (it != loopers_.end() && it->second->config() == lc) {
+            if (it->second->state() == LooperState::failed) it->second->start();
+            continue;
+        }
+        if (it != loopers_.end()) {
+            spdlog::info("looper {} changed; restarting it", lc.name);
+            retiring_.push_back(std::move(it->second));
+            retiring_.back()->stop();
+            loopers_.erase(it);
+        }
+        auto looper =
+            std::make_unique<Looper>(event_.get(), *this, lc, options_.instance,
+                                     config_.executor.max_parallel, config_.executor.timeout);
+        auto& ref = *looper;
+        loopers_.emplace(lc.name, std::move(looper));
+        if (!intake_open_) ref.pause();
+        ref.start();
+    }
+    for (auto it = loopers_.begin(); it != loopers_.end();) {
+        if (names.count(it->first)) {
+            ++it;
+            continue;
+        }
+        spdlog::info("looper {} is no longer configured; stopping it", it->first);
+        retiring_.push_back(std::move(it->second));
+        retiring_.back()->stop();
+        it = loopers_.erase(it);
+    }
+}
+
+std::vector<std::string> Manager::reload() {
+    if (stopping_) {
+        spdlog::warn("not reloading: the supervisor is stopping");
+        return {"the supervisor is stopping"};
+    }
+    spdlog::info("reloading {}", options_.config_path);
+    if (notify_) {
+        timespec ts{};
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        auto usec = static_cast<unsigned long long>(ts.tv_sec) * 1000000ULL + ts.tv_nsec / 1000;
+        // MONOTONIC_USEC lets Type=notify-reload units match this reload to its request.
+        sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", usec);
+    }
+    auto problems = load_and_apply();
+    for (auto& p : problems) spdlog::error("{}", p);
+    if (problems.empty()) spdlog::info("configuration reloaded");
+    else spdlog::error("reload failed with {} problem(s); keeping the current configuration", problems.size());
+    if (notify_) sd_notify(0, "READY=1");
+    status_changed();
+    return problems;
+}
+
+std::vector<std::string> Manager::load_and_apply() {
+    auto load = load_config(options_.config_path, {options_.looper_dir, true});
+    std::vector<std::string> problems;
+    for (auto& e : load.errors) problems.push_back(e.str());
+    if (!load.config) return problems;
+    if (load.config->runtime_dir != config_.runtime_dir)
+        return {"runtime_dir cannot change while running; restart instead"};
+    try {
+        apply(std::move(*load.config));
+    } catch (const std::exception& e) {
+        return {e.what()};
+    }
+    return {};
+}
+
+int Manager::on_signal(sd_event_source*, const signalfd_siginfo* si, void* userdata) noexcept {
+    auto self = static_cast<Manager*>(userdata);
+    try {
+        if (si->ssi_signo == SIGHUP)
+            self->reload();
+        else
+            self->begin_stop();
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return sd_event_exit(self->event_.get(), 1);
+    }
+    return 0;
+}
+
+void Manager::begin_stop() {
+    if (stopping_) {
+        spdlog::info("already stopping: {} job(s) still running", scheduler_.running());
+        return;
+    }
+    stopping_ = true;
+    if (notify_) sd_notify(0, "STOPPING=1");
+    spdlog::info("stopping: no new events; {} running job(s) may finish, {} queued are cancelled",
+                 scheduler_.running(), scheduler_.queued());
+    update_intake();
+    for (auto id : scheduler_.take_queued())
+        complete(id, {Result::cancelled, std::nullopt, {}, {}});
+    if (scheduler_.running() == 0) return stop_loopers();
+    sd_event_source_set_time_relative(stop_timer_.get(),
+                                      static_cast<uint64_t>(config_.executor.stop_timeout.count()));
+    sd_event_source_set_enabled(stop_timer_.get(), SD_EVENT_ONESHOT);
+}
+
+int Manager::on_stop_timeout(sd_event_source*, uint64_t, void* userdata) noexcept {
+    auto self = static_cast<Manager*>(userdata);
+    spdlog::warn("stop_timeout reached: cancelling {} running job(s)", self->scheduler_.running());
+    for (auto& [id, job] : self->jobs_)
+        self->executor_->cancel(id);
+    return 0;
+}
+
+void Manager::stop_loopers() {
+    sd_event_source_set_enabled(stop_timer_.get(), SD_EVENT_OFF);
+    if (loopers_.empty() && retiring_.empty()) {
+        sd_event_exit(event_.get(), 0);
+        return;
+    }
+    // Copy: stop() may report back synchronously.
+    std::vector<Looper*> all;
+    for (auto& [name, l] : loopers_)
+        all.push_back(l.get());
+    for (auto* l : all)
+        l->stop();
+}
+
+void Manager::looper_stopped(Looper&) {
+    sd_event_source_set_enabled(reaper_.get(), SD_EVENT_ONESHOT);
+    status_changed();
+}
+
+// Stopped loopers are freed here, outside their own callbacks.
+int Manager::on_reap(sd_event_source*, void* userdata) noexcept {
+    auto self = static_cast<Manager*>(userdata);
+    std::erase_if(self->retiring_, [](auto& l) { return l->state() == LooperState::stopped; });
+    if (!self->stopping_ || self->scheduler_.running() > 0 || !self->retiring_.empty()) return 0;
+    for (auto& [name, l] : self->loopers_)
+        if (l->state() != LooperState::stopped && l->state() != LooperState::failed) return 0;
+    spdlog::info("stopped");
+    return sd_event_exit(self->event_.get(), 0);
+}
+
+void Manager::looper_line(Looper& looper, const LineReader::Line& line) {
+    ++counters_.events_received;
+    looper.count_event();
+    if (line.overlong) {
+        reject(looper, std::nullopt,
+               "line longer than max_line_length (" +
+                   std::to_string(looper.config().max_line_length) +
+                   " bytes); discarded up to the next newline");
+        return;
+    }
+    auto parsed = parse_event(line.text);
+    if (auto* r = std::get_if<Rejection>(&parsed))
+        reject(looper, r->id, r->reason);
+    else
+        route(looper, std::move(std::get<Event>(parsed)));
+}
+
+void Manager::reject(Looper& looper, const std::optional<json>& id, const std::string& reason) {
+    ++counters_.events_rejected;
+    spdlog::warn("looper {}: rejected an event: {}{}", looper.name(), reason,
+                 id ? "" : " (no readable id, so no answer)");
+    answer(looper.name(), looper.generation(), id, Result::rejected, std::nullopt, reason);
+}
+
+void Manager::route(Looper& looper, Event ev) {
+    log::Fields f{.looper = looper.name(), .routing_key = ev.routing_key};
+    log::Scope scope(f);
+    if (!filter_.selects(ev.routing_key)) {
+        ++counters_.events_unrouted;
+        spdlog::debug("{}: not selected by routing_keys", ev.routing_key);
+        return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
+    }
+    auto pb = find_playbook(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, ev.routing_key,
+                            config_.ansible.layout);
+    if (pb.status == PlaybookLookup::Status::missing) {
+        ++counters_.events_unrouted;
+        spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
+        return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
+    }
+    if (pb.status != PlaybookLookup::Status::found) {
+        ++counters_.events_rejected;
+        spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, pb.path, pb.detail);
+        return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
+                      "playbook " + pb.detail);
+    }
+    Job job{next_job_++,   std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
+            looper.name(), looper.generation(),       std::move(pb.path), {},
+            false};
+    spdlog::debug("job {} queued: {} -> {}", job.id, job.routing_key, job.playbook);
+    job.queued_usec = now_realtime_usec();
+    JobId id = job.id;
+    auto& stored = jobs_.emplace(id, std::move(job)).first->second;
+    if (observer_) observer_->job_new(info(stored));
+    scheduler_.enqueue(id);
+    start_jobs();
+    update_intake();
+    status_changed();
+}
+
+void Manager::answer(const std::string& looper, std::uint64_t generation,
+                     const std::optional<json>& id, Result result, std::optional<int> exit_code,
+                     std::string_view error) {
+    if (!id) return;
+    auto it = loopers_.find(looper);
+    if (it == loopers_.end()) return;
+    it->second->answer(generation, format_answer(*id, result, exit_code, error));
+}
+
+void Manager::start_jobs() {
+    if (stopping_) return;
+    while (auto id = scheduler_.next()) {
+        auto& job = jobs_.at(*id);
+        job.admitted = true;
+        if (auto err = launch(job)) complete(*id, {Result::failed, std::nullopt, *err, {}});
+    }
+}
+
+std::optional<std::string> Manager::write_vars(Job& job) {
+    VarsOptions vo;
+    vo.trusted = config_.ansible.trusted_payloads;
+    vo.own = {{"loopabull_routing_key", job.routing_key},
+              {"loopabull_job_id", std::to_string(job.id)},
+              {"loopabull_instance", options_.instance},
+              {"loopabull_looper", job.looper}};
+    if (job.event_id)
+        vo.own.emplace_back("loopabull_event_id", job.event_id->is_string()
+                                                      ? job.event_id->get<std::string>()
+                                                      : job.event_id->dump());
+    std::string text = render_vars(job.body, vo);
+    std::string path = vars_dir_ + "/job-" + std::to_string(job.id) + ".yml";
+    UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!fd) return "cannot create vars file " + path + ": " + std::strerror(errno);
+    job.vars_path = path;
+    std::size_t done = 0;
+    while (done < text.size()) {
+        ssize_t n = write(fd.get(), text.data() + done, text.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0)
+            return "cannot write vars file " + path + ": " + std::strerror(n < 0 ? errno : ENOSPC);
+        done += static_cast<std::size_t>(n);
+    }
+    if (close(fd.release()) < 0)
+        return "cannot write vars file " + path + ": " + std::strerror(errno);
+    return std::nullopt;
+}
+
+JobSpec Manager::job_spec(const Job& job) const {
+    JobSpec spec;
+    spec.id = job.id;
+    spec.routing_key = job.routing_key;
+    spec.argv = config_.ansible.playbook_cmd;
+    spec.argv.push_back(job.playbook);
+    if (config_.ansible.inventory) {
+        spec.argv.push_back("-i");
+        spec.argv.push_back(*config_.ansible.inventory);
+    }
+    spec.argv.push_back("-e");
+    spec.argv.push_back("@" + job.vars_path);
+    spec.env = job_env_;
+    spec.timeout = config_.executor.timeout;
+    spec.kill_grace = config_.executor.kill_grace;
+    spec.sandbox = &sandbox_;
+    return spec;
+}
+
+std::optional<std::string> Manager::launch(Job& job) {
+    log::Fields f{
+        .looper = job.looper, .job = std::to_string(job.id), .routing_key = job.routing_key};
+    log::Scope scope(f);
+    if (auto err = write_vars(job)) return err;
+    job.started_usec = now_realtime_usec();
+    if (auto err = executor_->start(job_spec(job))) return err;
+    spdlog::info("job {} started: {} (playbook {})", job.id, job.routing_key, job.playbook);
+    return std::nullopt;
+}
+
+void Manager::complete(JobId id, const Outcome& outcome) {
+    auto node = jobs_.extract(id);
+    if (node.empty()) return;
+    Job& job = node.mapped();
+    if (!job.vars_path.empty() && unlink(job.vars_path.c_str()) < 0)
+        spdlog::error("job {}: cannot remove vars file {}: {}", id, job.vars_path,
+                      std::strerror(errno));
+    std::string name = std::to_string(id);
+    log::Fields f{.looper = job.looper, .job = name, .routing_key = job.routing_key};
+    log::Scope scope(f);
+    if (outcome.result == Result::succeeded)
+        ++counters_.jobs_succeeded;
+    else
+        ++counters_.jobs_failed;
+    if (outcome.result == Result::succeeded || outcome.result == Result::cancelled)
+        spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
+    else
+        spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
+    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
+           outcome.error);
+    if (job.admitted) scheduler_.finished();
+    auto done = info(job);
+    done.state = "finished";
+    done.finished_usec = now_realtime_usec();
+    done.result = outcome.result;
+    done.exit_code = outcome.exit_code;
+    done.unit = outcome.unit;
+    remember(done);
+    if (observer_) observer_->job_removed(done);
+    status_changed();
+}
+
+JobInfo Manager::info(const Job& job) const {
+    JobInfo i;
+    i.id = job.id;
+    i.routing_key = job.routing_key;
+    i.state = job.admitted ? "running" : "queued";
+    i.unit = executor_ ? executor_->unit(job.id) : std::string();
+    i.looper = job.looper;
+    i.queued_usec = job.queued_usec;
+    i.started_usec = job.started_usec;
+    return i;
+}
+
+void Manager::remember(JobInfo finished) {
+    history_.push_back(std::move(finished));
+    if (history_.size() > kHistory) history_.pop_front();
+}
+
+ManagerState Manager::state() const noexcept {
+    if (stopping_) return ManagerState::stopping;
+    if (!started_) return ManagerState::starting;
+    return paused_ ? ManagerState::paused : ManagerState::running;
+}
+
+std::vector<LooperInfo> Manager::loopers() const {
+    std::vector<LooperInfo> out;
+    for (auto& [name, l] : loopers_)
+        out.push_back(
+            {name, std::string(to_string(l->state())), l->pid(), l->restarts(), l->events()});
+    return out;
+}
+
+std::vector<JobInfo> Manager::jobs() const {
+    std::vector<JobInfo> out;
+    for (auto& [id, job] : jobs_)
+        out.push_back(info(job));
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.id < b.id; });
+    return out;
+}
+
+std::optional<JobInfo> Manager::job(JobId id) const {
+    if (auto it = jobs_.find(id); it != jobs_.end()) return info(it->second);
+    for (auto it = history_.rbegin(); it != history_.rend(); ++it)
+        if (it->id == id) return *it;
+    return std::nullopt;
+}
+
+bool Manager::cancel_job(JobId id) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return false;
+    spdlog::info("job {} ({}): cancel requested", id, it->second.routing_key);
+    if (it->second.admitted) return executor_->cancel(id);
+    scheduler_.remove_queued(id);
+    complete(id, {Result::cancelled, std::nullopt, {}, {}});
+    update_intake();
+    return true;
+}
+
+void Manager::pause() {
+    if (paused_ || stopping_) return;
+    paused_ = true;
+    spdlog::info("paused: no new events are taken; {} running job(s) go on", scheduler_.running());
+    update_intake();
+    status_changed();
+}
+
+void Manager::resume() {
+    if (!paused_) return;
+    paused_ = false;
+    spdlog::info("resumed: taking events again");
+    update_intake();
+    status_changed();
+}
+
+void Manager::job_finished(JobId id, const Outcome& outcome) {
+    complete(id, outcome);
+    start_jobs();
+    update_intake();
+    if (stopping_ && scheduler_.running() == 0) stop_loopers();
+}
+
+// Back-pressure: loopers are read only while the queue has room.
+void Manager::update_intake() {
+    bool open = !stopping_ && !paused_ && !scheduler_.full();
+    if (open == intake_open_) return;
+    intake_open_ = open;
+    if (!open && !stopping_)
+        spdlog::debug("queue full ({} events): pausing loopers", scheduler_.queued());
+    for (auto& [name, l] : loopers_)
+        open ? l->resume() : l->pause();
+}
+
+void Manager::status_changed() {
+    if (observer_) observer_->properties_changed();
+    if (!notify_ || status_dirty_) return;
+    status_dirty_ = true;
+    sd_event_source_set_time_relative(status_timer_.get(), kStatusInterval.count() * 1000000ULL);
+    sd_event_source_set_enabled(status_timer_.get(), SD_EVENT_ONESHOT);
+}
+
+int Manager::on_status_timer(sd_event_source*, uint64_t, void* userdata) noexcept {
+    static_cast<Manager*>(userdata)->send_status();
+    return 0;
+}
+
+void Manager::send_status() {
+    status_dirty_ = false;
+    auto status =
+        fmt::format("STATUS={}: {} running, {} queued, {} succeeded, {} failed, {} rejected",
+                    to_string(state()), scheduler_.running(), scheduler_.queued(),
+                    counters_.jobs_succeeded, counters_.jobs_failed, counters_.events_rejected);
+    sd_notify(0, status.c_str());
+}
+
+} // namespace loopabull

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The supervisor: owns the event loop, the loopers, the queue and the executor.
+#pragma once
+
+#include "core/config.hpp"
+#include "supervisor/bus.hpp"
+#include "supervisor/executor.hpp"
+#include "supervisor/looper.hpp"
+#include "core/routing.hpp"
+#include "core/scheduler.hpp"
+#include "supervisor/scope.hpp"
+#include "supervisor/sd-ptr.hpp"
+#include "core/unique-fd.hpp"
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace loopabull {
+
+
+struct ManagerOptions {
+    std::string config_path;
+    std::string instance = "default";
+    std::optional<LogLevel> log_level; // --log-level wins over the file
+    std::string looper_dir;
+    BusKind bus = BusKind::none; // where the D-Bus API is offered
+};
+
+enum class ManagerState { starting, running, paused, stopping };
+std::string_view to_string(ManagerState s) noexcept;
+
+// A job as status and control see it: queued, running, or recently finished.
+struct JobInfo {
+    JobId id = 0;
+    std::string routing_key;
+    std::string state; // queued, running, finished
+    std::string unit;  // its scope, when the scope executor runs it
+    std::string looper;
+    std::uint64_t queued_usec = 0; // CLOCK_REALTIME
+    std::uint64_t started_usec = 0;
+    std::uint64_t finished_usec = 0;
+    std::optional<Result> result;
+    std::optional<int> exit_code;
+};
+
+struct LooperInfo {
+    std::string name;
+    std::string state;
+    pid_t pid = -1;
+    unsigned restarts = 0;
+    std::uint64_t events = 0;
+};
+
+// Told of what status readers may want to hear about (the D-Bus API's signals).
+class ManagerObserver {
+  public:
+    virtual ~ManagerObserver() = default;
+    virtual void job_new(const JobInfo& job) = 0;
+    virtual void job_removed(const JobInfo& job) = 0;
+    // Counters or state changed; the observer rate-limits what it sends.
+    virtual void properties_changed() = 0;
+};
+
+struct Job {
+    JobId id = 0;
+    std::string routing_key;
+    json body;
+    std::optional<json> event_id;
+    std::string looper;
+    std::uint64_t generation = 0;
+    std::string playbook;
+    std::string vars_path; // set once written
+    bool admitted = false; // holds one of the scheduler's running slots
+    std::uint64_t queued_usec = 0;
+    std::uint64_t started_usec = 0;
+};
+
+struct Counters {
+    std::uint64_t events_received = 0;
+    std::uint64_t events_rejected = 0;
+    std::uint64_t events_unrouted = 0;
+    std::uint64_t jobs_succeeded = 0;
+    std::uint64_t jobs_failed = 0; // failed, timeout and cancelled
+};
+
+class Manager final : public LooperHost, public ExecutorHost {
+  public:
+    Manager(ManagerOptions options, Config config);
+    ~Manager() override;
+
+    // Runs until stopped; returns the process exit status.
+    int run();
+
+    // LooperHost
+    void looper_line(Looper& looper, const LineReader::Line& line) override;
+    void looper_stopped(Looper& looper) override;
+    // ExecutorHost
+    void job_finished(JobId id, const Outcome& outcome) override;
+
+    // Status and control (the D-Bus API).
+    const std::string& instance() const noexcept { return options_.instance; }
+    ManagerState state() const noexcept;
+    const Counters& counters() const noexcept { return counters_; }
+    std::size_t jobs_queued() const noexcept { return scheduler_.queued(); }
+    std::size_t jobs_running() const noexcept { return scheduler_.running(); }
+    std::vector<LooperInfo> loopers() const;
+    std::vector<JobInfo> jobs() const;          // queued and running
+    std::optional<JobInfo> job(JobId id) const; // also recently finished ones
+    // A queued job is answered "cancelled" at once; a running one is stopped.
+    bool cancel_job(JobId id);
+    void pause(); // no new events are taken; running jobs go on
+    void resume();
+    // The problems that kept the new configuration from being applied; empty on success.
+    std::vector<std::string> reload();
+    void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
+    sd_event* event() const noexcept { return event_.get(); }
+
+  private:
+    static int on_signal(sd_event_source*, const signalfd_siginfo*, void*) noexcept;
+    static int on_stop_timeout(sd_event_source*, uint64_t, void*) noexcept;
+    static int on_status_timer(sd_event_source*, uint64_t, void*) noexcept;
+    static int on_reap(sd_event_source*, void*) noexcept;
+
+    void setup_event_loop();
+    void setup_runtime_dir();
+    void apply(Config config);
+    std::vector<std::string> load_and_apply();
+    void apply_loopers(const std::vector<LooperConfig>& wanted);
+    std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
+    void begin_stop();
+    void stop_loopers();
+
+    void reject(Looper& looper, const std::optional<json>& id, const std::string& reason);
+    void route(Looper& looper, Event event);
+    void answer(const std::string& looper, std::uint64_t generation, const std::optional<json>& id,
+                Result result, std::optional<int> exit_code, std::string_view error = {});
+    void start_jobs();
+    std::optional<std::string> launch(Job& job);
+    std::optional<std::string> write_vars(Job& job);
+    JobSpec job_spec(const Job& job) const;
+    void complete(JobId id, const Outcome& outcome);
+    void update_intake();
+    void status_changed();
+    void send_status();
+    JobInfo info(const Job& job) const;
+    void remember(JobInfo finished);
+
+    ManagerOptions options_;
+    Config config_;
+    EventPtr event_;
+    SourcePtr sigterm_, sigint_, sighup_, stop_timer_, status_timer_, reaper_;
+    RoutingFilter filter_{{}};
+    UniqueFd playbooks_dirfd_;
+    Scheduler scheduler_{1, 1};
+    std::unique_ptr<Executor> executor_;
+    BusPtr scope_bus_; // to the manager that makes our scopes
+    std::unique_ptr<ScopeManager> scopes_;
+    std::optional<bool> scope_user_manager_; // which manager scopes_ talks to
+    std::map<std::string, std::unique_ptr<Looper>> loopers_;
+    std::vector<std::unique_ptr<Looper>> retiring_;
+    std::unordered_map<JobId, Job> jobs_;
+    std::vector<std::string> job_env_;
+    Sandbox sandbox_;
+    std::string runtime_dir_, vars_dir_;
+    JobId next_job_ = 1;
+    Counters counters_;
+    bool stopping_ = false;
+    bool paused_ = false;
+    bool started_ = false;
+    ManagerObserver* observer_ = nullptr;
+    std::unique_ptr<ManagerObserver> bus_api_;
+    std::deque<JobInfo> history_; // recently finished jobs, newest last
+    bool intake_open_ = true;
+    bool status_dirty_ = false;
+    bool notify_ = false;
+};
+
+} // namespace loopabull

@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "supervisor/process.hpp"
+
+#include <fcntl.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+
+extern char** environ;
+
+namespace loopabull {
+
+namespace {
+
+void set_nonblock(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        throw std::system_error(errno, std::generic_category(), "fcntl(O_NONBLOCK)");
+}
+
+// dup2 clears close-on-exec, except when source and target are the same descriptor.
+bool place(int src, int target) {
+    if (src == target) return fcntl(target, F_SETFD, 0) == 0;
+    return dup2(src, target) == target;
+}
+
+// What the child was doing when it failed, reported to the parent with errno.
+enum Stage : int { kSetup, kLimits, kNoNewPrivs, kSeccomp, kExec };
+
+struct ChildError {
+    int stage;
+    int error;
+};
+
+// rlimits, then no_new_privs, then the filter: the documented order, so that nothing after the
+// filter needs a system call it forbids (execve is allowed).
+Stage apply_sandbox(const Sandbox& sb) {
+    rlimit core{0, 0};
+    rlimit nofile{sb.limit_nofile, sb.limit_nofile};
+    if (setrlimit(RLIMIT_CORE, &core) < 0 || setrlimit(RLIMIT_NOFILE, &nofile) < 0) return kLimits;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return kNoNewPrivs;
+    if (!sb.seccomp) return kExec;
+    auto prog = sb.seccomp->fprog();
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return kSeccomp;
+    return kExec;
+}
+
+// stdout and stderr to a journald stream connected from here, so that journald sees the
+// child's cgroup (its scope) as the sender.
+void connect_journal(const std::string& header) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    static constexpr char path[] = "/run/systemd/journal/stdout";
+    std::memcpy(sa.sun_path, path, sizeof path);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 ||
+        write(fd, header.data(), header.size()) != static_cast<ssize_t>(header.size()) ||
+        shutdown(fd, SHUT_RD) < 0) {
+        close(fd);
+        return;
+    }
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+}
+
+bool wait_for_release(int fd) {
+    char byte = 0;
+    ssize_t n;
+    do
+        n = read(fd, &byte, 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    return n == 1;
+}
+
+const char* stage_name(int stage) {
+    switch (stage) {
+    case kLimits:
+        return "setting resource limits";
+    case kNoNewPrivs:
+        return "setting no_new_privs";
+    case kSeccomp:
+        return "loading the seccomp filter";
+    case kExec:
+        return "executing";
+    default:
+        return "setting up the process";
+    }
+}
+
+// AddressSanitizer cannot follow instrumented code into a child that shares our memory on a stack
+// of its own (the child aborts before execve), so sanitized builds fork every child.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+struct ChildArgs {
+    const SpawnSpec* spec;
+    char* const* argv;
+    char* const* envp;
+    int devnull;
+    int err_fd; // fork(): the failure goes to the parent through this pipe
+    pid_t parent;
+    ChildError* shared; // clone(CLONE_VM): straight into the parent's memory
+};
+
+[[noreturn]] void child(const ChildArgs& a) {
+    const SpawnSpec& spec = *a.spec;
+    char* const* argv = a.argv;
+    char* const* envp = a.envp;
+    int devnull = a.devnull;
+    pid_t parent = a.parent;
+    if (spec.death_signal) {
+        prctl(PR_SET_PDEATHSIG, spec.death_signal);
+        if (getppid() != parent) _exit(127);
+    }
+    if (spec.wait_peer_fd >= 0) close(spec.wait_peer_fd);
+    if (spec.new_session)
+        setsid();
+    else
+        setpgid(0, 0);
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    for (int sig = 1; sig < NSIG; ++sig)
+        signal(sig, SIG_DFL);
+    int fds[] = {spec.stdin_fd, spec.stdout_fd, spec.stderr_fd};
+    Stage stage = kSetup;
+    for (int i = 0; i < 3; ++i)
+        if (!place(fds[i] >= 0 ? fds[i] : devnull, i)) goto fail;
+    if (spec.fd3 >= 0 && !place(spec.fd3, 3)) goto fail;
+    // Close-on-exec covers our own descriptors; this also drops any the supervisor inherited.
+    close_range(spec.fd3 >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (spec.wait_fd >= 0 && !wait_for_release(spec.wait_fd)) _exit(125);
+    if (spec.journal_header) connect_journal(*spec.journal_header);
+    stage = spec.sandbox ? apply_sandbox(*spec.sandbox) : kExec;
+    if (stage == kExec) execve(argv[0], argv, envp);
+fail:
+    ChildError report{stage, errno};
+    if (a.shared)
+        *a.shared = report;
+    else
+        (void)!write(a.err_fd, &report, sizeof report);
+    _exit(127);
+}
+
+// The child is gone already; reap it here so that callers only ever track live children.
+Spawned reap_failed(pid_t pid, const ChildError& report) {
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    return {-1, report.error, stage_name(report.stage), {}};
+}
+
+int child_entry(void* args) {
+    child(*static_cast<const ChildArgs*>(args));
+}
+
+int devnull_fd() {
+    static UniqueFd fd(open("/dev/null", O_RDWR | O_CLOEXEC));
+    return fd.get();
+}
+
+// A child that does not wait to be released (everything but scope jobs) is started the way
+// posix_spawn does it: sharing our memory (CLONE_VM) while we are suspended until it calls
+// execve or exits (CLONE_VFORK). No page tables are copied and no copy-on-write faults follow,
+// which made fork() the largest part of a short job's cost (docs/PERFORMANCE.md). The child
+// only makes system calls on data prepared here, on a stack of its own.
+Spawned spawn_shared(const SpawnSpec& spec, char* const* argv, char* const* envp) {
+    static constexpr std::size_t kStack = 256 * 1024;
+    static void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) return {-1, errno, "allocating a stack", {}};
+    ChildError report{-1, 0};
+    ChildArgs args{&spec, argv, envp, devnull_fd(), -1, getpid(), &report};
+    // No signal handler may run in the child while it shares our memory.
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    pid_t pid = clone(child_entry, static_cast<char*>(stack) + kStack,
+                      CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    int err = errno;
+    sigprocmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) return {-1, err, "forking", {}};
+    if (report.stage < 0) return {pid, 0, {}, {}};
+    return reap_failed(pid, report);
+}
+
+std::vector<char*> pointers(const std::vector<std::string>& strings) {
+    std::vector<char*> out;
+    out.reserve(strings.size() + 1);
+    for (auto& s : strings)
+        out.push_back(const_cast<char*>(s.c_str()));
+    out.push_back(nullptr);
+    return out;
+}
+
+} // namespace
+
+Pipe make_pipe(bool nonblock_read, bool nonblock_write) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) throw std::system_error(errno, std::generic_category(), "pipe2");
+    Pipe p{UniqueFd(fds[0]), UniqueFd(fds[1])};
+    if (nonblock_read) set_nonblock(fds[0]);
+    if (nonblock_write) set_nonblock(fds[1]);
+    return p;
+}
+
+Spawned spawn(const SpawnSpec& spec) {
+    auto argv = pointers(spec.argv);
+    auto envp = pointers(spec.env);
+    if (devnull_fd() < 0) return {-1, errno, "opening /dev/null", {}};
+    if (spec.wait_fd < 0 && !kSanitized) return spawn_shared(spec, argv.data(), envp.data());
+    int err_pipe[2];
+    if (pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes", {}};
+    UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) return {-1, errno, "forking", {}};
+    if (pid == 0)
+        child({&spec, argv.data(), envp.data(), devnull_fd(), err_write.get(), parent, nullptr});
+    err_write.reset();
+    // It waits for its scope: its failure, if any, is read once it has exited.
+    if (spec.wait_fd >= 0) return {pid, 0, nullptr, std::move(err_read)};
+    // Blocks only until execve: the pipe closes on exec, or carries the child's failure.
+    ChildError report{};
+    ssize_t n;
+    do
+        n = read(err_read.get(), &report, sizeof report);
+    while (n < 0 && errno == EINTR);
+    if (n != sizeof report) return {pid, 0, {}, {}};
+    return reap_failed(pid, report);
+}
+
+std::optional<std::string> read_spawn_failure(int fd, const std::string& program) {
+    ChildError report{};
+    ssize_t n;
+    do
+        n = read(fd, &report, sizeof report);
+    while (n < 0 && errno == EINTR);
+    if (n != sizeof report) return std::nullopt;
+    return std::string(stage_name(report.stage)) + " " + program +
+           " failed: " + std::strerror(report.error);
+}
+
+std::vector<std::string> inherited_environment() {
+    static constexpr std::string_view drop[] = {
+        "NOTIFY_SOCKET=", "WATCHDOG_PID=",   "WATCHDOG_USEC=",  "LISTEN_FDS=",
+        "LISTEN_PID=",    "LISTEN_FDNAMES=", "JOURNAL_STREAM=", "LOOPABULL_"};
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e) {
+        std::string_view var(*e);
+        bool keep = true;
+        for (auto prefix : drop)
+            keep = keep && !var.starts_with(prefix);
+        if (keep) env.emplace_back(var);
+    }
+    return env;
+}
+
+} // namespace loopabull
