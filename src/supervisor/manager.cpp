@@ -561,8 +561,9 @@ JobSpec Manager::job_spec(const Job& job) const {
 }
 
 std::optional<std::string> Manager::launch(Job& job) {
-    log::Fields f{
-        .looper = job.looper, .job = std::to_string(job.id), .routing_key = job.routing_key};
+    // Fields holds views: the id's text must outlive the scope (clang's -Wdangling-gsl).
+    const std::string job_id = std::to_string(job.id);
+    log::Fields f{.looper = job.looper, .job = job_id, .routing_key = job.routing_key};
     log::Scope scope(f);
     if (auto err = write_vars(job)) return err;
     job.started_usec = now_realtime_usec();
