@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // loopabullctl: status and control of a running loopabull instance, over its D-Bus API
 // (org.loopabull.Loopabull1(5)), in the manner of systemctl. See loopabullctl(1).
+#include "ctl/submit.hpp"
 #include "shared/dbus-names.hpp"
 
 #include "build-config.h"
@@ -56,6 +57,9 @@ Commands:
   pause             stop taking new events (running jobs go on)
   resume            take new events again
   reload            reload the configuration file (like systemctl reload)
+  submit KEY [FILE|-]
+                    write an event (a JSON object) into the instance's spool, or the
+                    directory given with --spool DIR; prints the event id
 
 Options:
   -i, --instance NAME   the instance (default: "default"); loopabull@NAME.service
@@ -604,6 +608,9 @@ int cmd_manage(Client& c, const Options& o) {
 } // namespace
 
 int main(int argc, char** argv) {
+    // submit writes into a spool directory and needs no bus (ctl/submit.hpp).
+    if (loopabull::ctl::is_submit_command(argc, argv))
+        return loopabull::ctl::submit_main(argc, argv);
     Options o = parse_args(argc, argv);
     try {
         Client c(o);

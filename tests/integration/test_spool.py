@@ -34,7 +34,12 @@ def test_dropped_files_run_and_are_removed_or_moved(workdir, supervisor):
     drop(spool, "test.nothing.json", {})
     drop(spool, "bad.json", "{ not json")
     wait_until(lambda: events_left(spool) == [], 120, what="every file to be handled")
-    assert sorted(os.listdir(spool / "failed")) == ["bad.json", "test.fail.yml"]
+    failed = spool / "failed"
+    assert sorted(f for f in os.listdir(failed) if not f.endswith(".reason")) == \
+        ["bad.json", "test.fail.yml"]
+    # Beside each, why it is there (loopabull-spool(7)).
+    assert "not valid JSON" in (failed / "bad.json.reason").read_text()
+    assert (failed / "test.fail.yml.reason").read_text().startswith("failed (exit code")
     recorded = [json.loads((workdir / "out" / f).read_text()) for f in os.listdir(out)]
     assert [r["payload"] for r in recorded] == [{"from": "json"}]
     assert recorded[0]["event_id"] == "test.record.json"
