@@ -45,7 +45,7 @@ def make_certificates(d):
 
 
 class RabbitMQ:
-    def __init__(self, tls=False):
+    def __init__(self, tls=False, tls_port=None):
         self.dir = Path(tempfile.mkdtemp(prefix="loopabull-rabbit-"))
         self.name = f"loopabull{os.getpid()}x{free_port()}@localhost"
         self.port = free_port()
@@ -53,7 +53,7 @@ class RabbitMQ:
         plugins = "[]."
         self.tls_port = None
         if tls:
-            self.tls_port = free_port()
+            self.tls_port = tls_port or free_port()
             make_certificates(self.dir)
             conf += "\n".join([
                 f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",

@@ -539,3 +539,134 @@ def test_passwords_never_reach_the_log(tmp_path):
     assert "amqp://releng:***@broker:567200/" in sup.log
     leaks = [l for l in lines for s in SECRETS if s in l]
     assert not leaks, leaks
+
+
+# loopabull 0.0.7's examples/configs/fedmsg_rabbitmq_example.yml as it shipped (FIELD-NOTES §1,
+# options.cpp's 0.0.7 reader), but for the host name, the certificate paths and the two
+# directories: tls without a port (5671), credentials with an empty password, an exclusive
+# auto-delete queue bound to two topics on amq.topic.
+FEDMSG_RABBITMQ_EXAMPLE = """\
+loglevel: info
+
+ansible:
+  playbooks_dir: PLAYBOOKS
+  cfg_file_path: ANSIBLE_CFG
+  playbook_cmd: PLAYBOOK_CMD
+
+routing_keys:
+    - org.fedoraproject.prod.ansible.playbook.start
+    - org.fedoraproject.prod.buildsys.build.state.change
+
+plugins:
+  looper:
+    name: fedmsgrabbitmq
+    credentials:
+        username: fedora
+        password:
+    tls:
+        ca_cert: "CERTS/ca.pem"
+        keyfile: "CERTS/client.key"
+        certfile: "CERTS/client.pem"
+    rabbitmq:
+        host: localhost
+        virtual_host: /
+    routing_keys:
+        - org.fedoraproject.prod.ansible.playbook.start
+        - org.fedoraproject.prod.buildsys.build.state.change
+    exchange:
+        name: amq.topic
+    channel_queue:
+        name: 00000000-0000-0000-0000-000000000000
+        durable: false
+        auto_delete: true
+        exclusive: true
+
+
+  translator:
+    name: rkname
+"""
+
+
+def port_free(port):
+    import socket
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_original_fedmsg_rabbitmq_example_connects_with_tls_and_a_client_certificate(tmp_path):
+    """Issue 16, 4: with tls and no port, the 0.0.7 dialect dials 5671 and logs in by the
+    certificate (EXTERNAL), taking the empty password with a warning; the message's playbook
+    runs with the fedmsg message as msg."""
+    default_port = port_free(5671)
+    tls_broker = rabbitmq.RabbitMQ(tls=True, tls_port=5671 if default_port else None)
+    try:
+        script, record = setup_dir(tmp_path, ["org.fedoraproject.prod.buildsys.build.state.change"])
+        (tmp_path / "ansible.cfg").write_text("[defaults]\n")
+        text = (FEDMSG_RABBITMQ_EXAMPLE.replace("PLAYBOOKS", str(tmp_path / "playbooks"))
+                .replace("ANSIBLE_CFG", str(tmp_path / "ansible.cfg"))
+                .replace("PLAYBOOK_CMD", str(script)).replace("CERTS", str(tls_broker.dir)))
+        if not default_port:  # another test holds 5671: then, and only then, say the port
+            print(f"\n5671 is taken; the example gets port {tls_broker.tls_port}")
+            text = text.replace("        virtual_host: /\n",
+                                f"        virtual_host: /\n        port: {tls_broker.tls_port}\n")
+        (tmp_path / "loopabull.yml").write_text(text)
+        import yaml
+        sup = Supervisor(tmp_path, yaml.safe_load(text))
+        try:
+            sup.wait_log(f"consuming queue '00000000-0000-0000-0000-000000000000' on localhost:"
+                         f"{tls_broker.tls_port}", timeout=60)
+            assert "'credentials' are not used" in sup.log
+            fedmsg = {"topic": "org.fedoraproject.prod.buildsys.build.state.change",
+                      "msg": {"build_id": 42, "new": 1}}
+            tls_broker.publish("org.fedoraproject.prod.buildsys.build.state.change",
+                               [json.dumps(fedmsg).encode()], message_ids=["koji-42"])
+            wait_until(lambda: [r for r in records(record) if r["stage"] == "done"], 60,
+                       what="the message's playbook to run")
+            [run] = [r for r in records(record) if r["stage"] == "done"]
+            assert (run["key"], run["msg"]) == (fedmsg["topic"], fedmsg)
+            assert "EXTERNAL" in tls_broker.ctl("list_connections", "--no-table-headers",
+                                                "auth_mechanism", "ssl")
+            assert sup.stop() == 0
+        finally:
+            if sup.proc.poll() is None:
+                sup.kill()
+    finally:
+        tls_broker.close()
+
+
+def test_envelope_runs_the_topic_of_a_serializer_envelope(tmp_path, broker):
+    """Issue 16, 6: Fedora's 2017-2020 path. fedmsg-rabbitmq-serializer published
+    {"topic": T, "body": FEDMSG} to the durable queue `workers` through the default exchange;
+    with `envelope`, playbook T runs with FEDMSG as msg. A body that is no envelope is rejected
+    (dead-lettered) and one whose topic has no playbook is answered unrouted, logged with why."""
+    declare_topic_dead_letter(broker, "workers-dlx", "workers-dead", "#")
+    script, record = setup_dir(tmp_path, ["org.fedoraproject.prod.git.receive"])
+    cfg = amqp_config(tmp_path, broker, "workers", script, bindings=[], envelope=True,
+                      dead_letter_exchange="workers-dlx", retry_secret_file=secret_file(tmp_path))
+    cfg["loglevel"] = "info"
+    sup = Supervisor(tmp_path, cfg)
+    try:
+        sup.wait_log("consuming queue 'workers'")
+        fedmsg = {"topic": "org.fedoraproject.prod.git.receive", "msg_id": "2019-x",
+                  "msg": {"commit": {"repo": "ansible"}}}
+        broker.publish("workers", [json.dumps({"topic": fedmsg["topic"], "body": fedmsg}).encode(),
+                                   b'{"no": "envelope"}',
+                                   json.dumps({"topic": "org.nothing", "body": {}}).encode()],
+                       exchange="", message_ids=["wrapped", "bare", "nowhere"])
+        wait_until(lambda: [r for r in records(record) if r["stage"] == "done"], 60,
+                   what="the wrapped message's playbook")
+        wait_until(lambda: broker.queue_counts("workers-dead") == (1, 0), 30,
+                   what="the bare message to be dead-lettered")
+        wait_empty(broker, "workers")
+        [run] = [r for r in records(record) if r["stage"] == "done"]
+        assert (run["key"], run["msg"], run["id"]) == (fedmsg["topic"], fedmsg, "wrapped")
+        sup.wait_log(r"\(org.nothing, message id nowhere\): unrouted \(attempt 1\); ack")
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
