@@ -4,6 +4,7 @@ are acknowledged only once their playbook has finished, failures are bounded, no
 when the connection or the broker goes away, and several instances share one queue."""
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -598,25 +599,36 @@ def port_free(port):
             return False
 
 
-def test_original_fedmsg_rabbitmq_example_connects_with_tls_and_a_client_certificate(tmp_path):
+def test_original_fedmsg_rabbitmq_example_connects_with_tls_and_a_client_certificate(user_workdir):
     """Issue 16, 4: with tls and no port, the 0.0.7 dialect dials 5671 and logs in by the
     certificate (EXTERNAL), taking the empty password with a warning; the message's playbook
     runs with the fedmsg message as msg."""
+    tmp_path, user = user_workdir
     default_port = port_free(5671)
     tls_broker = rabbitmq.RabbitMQ(tls=True, tls_port=5671 if default_port else None)
     try:
         script, record = setup_dir(tmp_path, ["org.fedoraproject.prod.buildsys.build.state.change"])
         (tmp_path / "ansible.cfg").write_text("[defaults]\n")
+        # The looper runs as the service user: it gets its own copy of the client's key.
+        certs = tmp_path / "certs"
+        certs.mkdir()
+        for name in ("ca.pem", "client.pem", "client.key"):
+            (certs / name).write_bytes((tls_broker.dir / name).read_bytes())
+        if user:
+            pw = pwd.getpwnam(user)
+            for p in [certs, *certs.iterdir(), script, tmp_path / "playbooks",
+                      *(tmp_path / "playbooks").iterdir(), tmp_path / "ansible.cfg"]:
+                os.chown(p, pw.pw_uid, pw.pw_gid)
         text = (FEDMSG_RABBITMQ_EXAMPLE.replace("PLAYBOOKS", str(tmp_path / "playbooks"))
                 .replace("ANSIBLE_CFG", str(tmp_path / "ansible.cfg"))
-                .replace("PLAYBOOK_CMD", str(script)).replace("CERTS", str(tls_broker.dir)))
+                .replace("PLAYBOOK_CMD", str(script)).replace("CERTS", str(certs)))
         if not default_port:  # another test holds 5671: then, and only then, say the port
             print(f"\n5671 is taken; the example gets port {tls_broker.tls_port}")
             text = text.replace("        virtual_host: /\n",
                                 f"        virtual_host: /\n        port: {tls_broker.tls_port}\n")
         (tmp_path / "loopabull.yml").write_text(text)
         import yaml
-        sup = Supervisor(tmp_path, yaml.safe_load(text))
+        sup = Supervisor(tmp_path, yaml.safe_load(text), user=user)
         try:
             sup.wait_log(f"consuming queue '00000000-0000-0000-0000-000000000000' on localhost:"
                          f"{tls_broker.tls_port}", timeout=60)
