@@ -99,6 +99,12 @@ class RabbitMQ:
                 raise RuntimeError(f"RabbitMQ did not start: {r.stderr}\n{self.log()[-3000:]}")
             time.sleep(0.5)
 
+    def kill(self):
+        """SIGKILL to the node's whole process group: a crash, not a shutdown."""
+        os.killpg(self.proc.pid, 9)
+        self.proc.wait()
+        self.proc = None
+
     def stop(self):
         if self.proc is None:
             return
@@ -174,3 +180,29 @@ class RabbitMQ:
             ch.queue_bind(queue, exchange)
         finally:
             conn.close()
+
+
+class Cluster:
+    """Nodes of one RabbitMQ cluster on loopback: separate names, ports and data directories;
+    one Erlang cookie (every node runs as the rabbitmq user, whose home holds it). The first
+    node is the one the others join."""
+
+    def __init__(self, size=3):
+        self.nodes = []
+        try:
+            for _ in range(size):
+                self.nodes.append(RabbitMQ())
+            for node in self.nodes[1:]:
+                node.ctl("stop_app")
+                node.ctl("join_cluster", self.nodes[0].name)
+                node.ctl("start_app")
+        except BaseException:
+            self.close()
+            raise
+
+    def running(self):
+        return [n for n in self.nodes if n.proc is not None]
+
+    def close(self):
+        for n in self.nodes:
+            n.close()

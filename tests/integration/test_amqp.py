@@ -282,6 +282,22 @@ def test_bad_option_is_named_and_consumer_timeout_trap_is_warned(tmp_path, broke
             sup.kill()
 
 
+def test_default_job_timeout_is_below_the_default_consumer_timeout(tmp_path, broker):
+    """Issue 19, 2: with executor.timeout and consumer_timeout both at their defaults, a start
+    does not warn about the consumer_timeout trap (25 min against RabbitMQ's 30)."""
+    script, _ = setup_dir(tmp_path, [])
+    cfg = amqp_config(tmp_path, broker, "defaults", script)
+    del cfg["executor"]["timeout"]
+    sup = Supervisor(tmp_path, cfg)
+    try:
+        sup.wait_log("consuming queue 'defaults'")
+        assert "consumer_timeout" not in sup.log
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
+
+
 def test_example_config_passes_the_loopers_own_check(tmp_path):
     import subprocess
     import yaml
