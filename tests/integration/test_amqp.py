@@ -2,6 +2,7 @@
 """The amqp looper against a real RabbitMQ node started here, with the real supervisor: messages
 are acknowledged only once their playbook has finished, failures are bounded, nothing is lost
 when the connection or the broker goes away, and several instances share one queue."""
+import contextlib
 import json
 import os
 import pwd
@@ -80,6 +81,18 @@ def amqp_config(tmp, broker, queue, script, max_parallel=2, **looper):
                       executor={"max_parallel": max_parallel})
     cfg["ansible"]["playbook_cmd"] = str(script)
     return cfg
+
+
+@contextlib.contextmanager
+def supervising(*args, **kwargs):
+    """A Supervisor that must stop cleanly at the end of the block, and is killed on failure."""
+    sup = Supervisor(*args, **kwargs)
+    try:
+        yield sup
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
 
 
 def wait_empty(broker, queue, timeout=60):
@@ -288,14 +301,9 @@ def test_default_job_timeout_is_below_the_default_consumer_timeout(tmp_path, bro
     script, _ = setup_dir(tmp_path, [])
     cfg = amqp_config(tmp_path, broker, "defaults", script)
     del cfg["executor"]["timeout"]
-    sup = Supervisor(tmp_path, cfg)
-    try:
+    with supervising(tmp_path, cfg) as sup:
         sup.wait_log("consuming queue 'defaults'")
         assert "consumer_timeout" not in sup.log
-        assert sup.stop() == 0
-    finally:
-        if sup.proc.poll() is None:
-            sup.kill()
 
 
 def test_example_config_passes_the_loopers_own_check(tmp_path):
@@ -329,8 +337,7 @@ def test_tls_with_a_client_certificate(tmp_path):
                           url=f"amqps://localhost:{tls_broker.tls_port}/%2F",
                           tls={"ca_cert": str(d / "ca.pem"), "certfile": str(d / "client.pem"),
                                "keyfile": str(d / "client.key")})
-        sup = Supervisor(tmp_path, cfg)
-        try:
+        with supervising(tmp_path, cfg) as sup:
             sup.wait_log("consuming queue 'tls' on localhost")
             tls_broker.publish("amqp.ok", [b'{"secure": true}'], message_ids=["over-tls"])
             wait_until(lambda: [r for r in records(record) if r["stage"] == "done"], 60,
@@ -338,10 +345,6 @@ def test_tls_with_a_client_certificate(tmp_path):
             wait_empty(tls_broker, "tls")
             assert "EXTERNAL" in tls_broker.ctl("list_connections", "--no-table-headers",
                                                 "auth_mechanism", "ssl")
-            assert sup.stop() == 0
-        finally:
-            if sup.proc.poll() is None:
-                sup.kill()
     finally:
         tls_broker.close()
 
@@ -390,10 +393,9 @@ def test_forged_headers_choose_neither_the_playbook_nor_the_attempt_count(tmp_pa
     cfg = amqp_config(tmp_path, broker, "forged", script, max_attempts=3,
                       bindings=[{"exchange": "amq.topic", "routing_keys": ["amqp.harmless"]}],
                       dead_letter_exchange="forged-dlx", retry_secret_file=secret_file(tmp_path))
-    sup = Supervisor(tmp_path, cfg)
     forged = {"x-loopabull-routing-key": "amqp.dangerous", "x-loopabull-attempts": 99,
               "x-loopabull-signature": "0" * 64, "x-delivery-count": 99}
-    try:
+    with supervising(tmp_path, cfg) as sup:
         sup.wait_log("consuming queue 'forged'")
         broker.publish("amqp.harmless", [b'{"fail": true}'], message_ids=["via-binding"],
                        headers=forged)
@@ -420,10 +422,6 @@ def test_forged_headers_choose_neither_the_playbook_nor_the_attempt_count(tmp_pa
         assert [(k, i) for k, i, _ in dead] == [("amqp.dangerous", "via-retry"),
                                                 ("amqp.harmless", "via-binding")]
         assert "without a valid x-loopabull-signature" in sup.log
-        assert sup.stop() == 0
-    finally:
-        if sup.proc.poll() is None:
-            sup.kill()
 
 
 def test_retry_delays_are_kept_by_the_broker_across_restarts(tmp_path, broker):
@@ -644,8 +642,7 @@ def test_original_fedmsg_rabbitmq_example_connects_with_tls_and_a_client_certifi
                                 f"        virtual_host: /\n        port: {tls_broker.tls_port}\n")
         (tmp_path / "loopabull.yml").write_text(text)
         import yaml
-        sup = Supervisor(tmp_path, yaml.safe_load(text), user=user)
-        try:
+        with supervising(tmp_path, yaml.safe_load(text), user=user) as sup:
             sup.wait_log(f"consuming queue '00000000-0000-0000-0000-000000000000' on localhost:"
                          f"{tls_broker.tls_port}", timeout=60)
             assert "'credentials' are not used" in sup.log
@@ -659,10 +656,6 @@ def test_original_fedmsg_rabbitmq_example_connects_with_tls_and_a_client_certifi
             assert (run["key"], run["msg"]) == (fedmsg["topic"], fedmsg)
             assert "EXTERNAL" in tls_broker.ctl("list_connections", "--no-table-headers",
                                                 "auth_mechanism", "ssl")
-            assert sup.stop() == 0
-        finally:
-            if sup.proc.poll() is None:
-                sup.kill()
     finally:
         tls_broker.close()
 
@@ -677,8 +670,7 @@ def test_envelope_runs_the_topic_of_a_serializer_envelope(tmp_path, broker):
     cfg = amqp_config(tmp_path, broker, "workers", script, bindings=[], envelope=True,
                       dead_letter_exchange="workers-dlx", retry_secret_file=secret_file(tmp_path))
     cfg["loglevel"] = "info"
-    sup = Supervisor(tmp_path, cfg)
-    try:
+    with supervising(tmp_path, cfg) as sup:
         sup.wait_log("consuming queue 'workers'")
         fedmsg = {"topic": "org.fedoraproject.prod.git.receive", "msg_id": "2019-x",
                   "msg": {"commit": {"repo": "ansible"}}}
@@ -694,7 +686,3 @@ def test_envelope_runs_the_topic_of_a_serializer_envelope(tmp_path, broker):
         [run] = [r for r in records(record) if r["stage"] == "done"]
         assert (run["key"], run["msg"], run["id"]) == (fedmsg["topic"], fedmsg, "wrapped")
         sup.wait_log(r"\(org.nothing, message id nowhere\): unrouted \(attempt 1\); ack")
-        assert sup.stop() == 0
-    finally:
-        if sup.proc.poll() is None:
-            sup.kill()
