@@ -100,9 +100,15 @@ class RabbitMQ:
             time.sleep(0.5)
 
     def kill(self):
-        """SIGKILL to the node's whole process group: a crash, not a shutdown."""
-        os.killpg(self.proc.pid, 9)
-        self.proc.wait()
+        """SIGKILL to the node's Erlang VM: a crash, not a shutdown. Debian's wrapper starts it
+        with su, in a session of its own, so the VM's pid is asked for."""
+        pid = int(self.ctl("eval", "os:getpid().").strip().strip('"'))
+        os.kill(pid, 9)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
         self.proc = None
 
     def stop(self):
