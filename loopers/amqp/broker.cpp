@@ -165,7 +165,9 @@ void Broker::setup() {
             check(("binding to exchange '" + b.exchange + "' with '" + key + "'").c_str());
         }
     }
-    declare_retry_path();
+    // Only retries need them: a broker that lets this user declare nothing but its queue (as
+    // Fedora's public one does) still serves on_failure: reject or ack.
+    if (options_.on_failure == OnFailure::retry) declare_retry_path();
     amqp_basic_qos(conn_, kChannel, 0, options_.prefetch, 0);
     check("setting the prefetch count");
     // Retries are published and then the original is acked; confirms make sure the copy is

@@ -113,6 +113,7 @@ class AmqpLooper {
     void on_confirm(const Confirm& c);
     void on_answer(std::string_view line);
     void settle(Delivery d, const std::string& result, const json& answer);
+    void finish_confirms();
     int poll_timeout() const;
 
     Options options_;
@@ -276,6 +277,18 @@ int AmqpLooper::poll_timeout() const {
     return static_cast<int>(std::clamp<long long>(left.count(), 0, kTickMs));
 }
 
+// A retry copy the broker has not confirmed yet has an original that is still unacknowledged:
+// closing now would put the original back while the copy may be stored, and both would run.
+// So a stop waits (briefly: a stuck broker must not hold up a stop) for those confirms.
+void AmqpLooper::finish_confirms() {
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (broker_ && !confirms_.empty() && Clock::now() < deadline) {
+        pollfd fd{broker_->fd(), POLLIN, 0};
+        if (!broker_->buffered()) ::poll(&fd, 1, 100);
+        drain();
+    }
+}
+
 int AmqpLooper::run(int signals) {
     // While disconnected every id is stale: lost() started a new generation.
     kit::AnswerReader answers;
@@ -295,9 +308,13 @@ int AmqpLooper::run(int signals) {
         }
         if (fds[0].revents) {
             log("stopping on a signal; unanswered messages go back to the queue");
+            finish_confirms();
             return 0;
         }
-        if (fds[1].revents && !answers.read(STDIN_FILENO, on_answer)) return 0;
+        if (fds[1].revents && !answers.read(STDIN_FILENO, on_answer)) {
+            finish_confirms();
+            return 0;
+        }
         if (fds[3].revents) out_.flush(STDOUT_FILENO);
     }
 }
