@@ -99,23 +99,26 @@ class RabbitMQ:
                 raise RuntimeError(f"RabbitMQ did not start: {r.stderr}\n{self.log()[-3000:]}")
             time.sleep(0.5)
 
-    def kill(self):
-        """SIGKILL to the node's Erlang VM: a crash, not a shutdown. Debian's wrapper starts it
-        with su, in a session of its own, so the VM's pid is asked for."""
-        pid = int(self.ctl("eval", "os:getpid().").strip().strip('"'))
-        os.kill(pid, 9)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait()
-        self.proc = None
+    def vm_pid(self):
+        """The node's Erlang VM. Debian's wrapper starts it with su, in a session of its own:
+        killing the wrapper's process group does not reach it."""
+        return int(self.ctl("eval", "os:getpid().").strip().strip('"'))
+
+    def kill(self, pid=None):
+        """SIGKILL to the node's Erlang VM (pid: vm_pid(), asked earlier to kill at once): a
+        crash, not a shutdown."""
+        os.kill(pid or self.vm_pid(), 9)
+        self._reap()
 
     def stop(self):
         if self.proc is None:
             return
         subprocess.run([CTL, "-q", "-n", self.name, "stop"], env=self.env, capture_output=True,
                        timeout=60)
+        self._reap()
+
+    def _reap(self):
+        """Waits for the wrapper to end, killing its process group if it does not."""
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:

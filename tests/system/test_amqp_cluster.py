@@ -80,10 +80,11 @@ def test_quorum_queue_survives_sigkill_of_its_leader_node(tmp_path):
         b.wait_log(f"consuming queue '{queue}' on 127.0.0.1:{n1.port}")
         n = 1000
         ids = [f"cl-{i}" for i in range(n)]
+        vm = n0.vm_pid()  # asked now: rabbitmqctl takes a second, while jobs go on
         n2.publish("cluster.job", [b"{}"] * n, message_ids=ids)
         it.wait_until(lambda: len(recorded(record)) >= n // 2, 300, what="half the messages")
         killed_at = time.time()
-        n0.kill()
+        n0.kill(vm)
         done_at_kill = len(recorded(record))
         a.wait_log(f"consuming queue '{queue}' on 127.0.0.1:({n1.port}|{n2.port})", timeout=120)
         reconnected_after = time.time() - killed_at
