@@ -2,11 +2,14 @@
 #include "broker.hpp"
 
 #include "message.hpp"
+#include "retry.hpp"
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
 #include <sys/time.h>
+
+#include <algorithm>
 
 namespace loopabull::amqp {
 
@@ -162,6 +165,9 @@ void Broker::setup() {
             check(("binding to exchange '" + b.exchange + "' with '" + key + "'").c_str());
         }
     }
+    // Only retries need them: a broker that lets this user declare nothing but its queue (as
+    // Fedora's public one does) still serves on_failure: reject or ack.
+    if (options_.on_failure == OnFailure::retry) declare_retry_path();
     amqp_basic_qos(conn_, kChannel, 0, options_.prefetch, 0);
     check("setting the prefetch count");
     // Retries are published and then the original is acked; confirms make sure the copy is
@@ -170,6 +176,41 @@ void Broker::setup() {
     check("enabling publisher confirms");
     amqp_basic_consume(conn_, kChannel, bytes(q.name), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
     check(("consuming from queue '" + q.name + "'").c_str());
+}
+
+// Declared on every connection (declaring is idempotent), so that a broker that lost them, or
+// a queue recreated by an operator, gets them back before the first retry is published.
+void Broker::declare_retry_path() {
+    const auto& q = options_.queue;
+    auto back = retry_exchange(q.name);
+    auto exchange = [this](const std::string& name) {
+        amqp_exchange_declare(conn_, kChannel, bytes(name), amqp_cstring_bytes("fanout"), 0,
+                              /*durable*/ 1, /*auto_delete*/ 0, /*internal*/ 0, amqp_empty_table);
+        check(("declaring exchange '" + name + "'").c_str());
+    };
+    exchange(back);
+    amqp_queue_bind(conn_, kChannel, bytes(q.name), bytes(back), amqp_empty_bytes,
+                    amqp_empty_table);
+    check(("binding queue '" + q.name + "' to exchange '" + back + "'").c_str());
+    std::vector<seconds> delays = options_.retry_delays;
+    std::sort(delays.begin(), delays.end());
+    delays.erase(std::unique(delays.begin(), delays.end()), delays.end());
+    for (auto d : delays) {
+        auto name = delay_name(q.name, d);
+        exchange(name);
+        // The wait is the queue's: the broker dead-letters each message when its TTL ends, into
+        // the retry exchange, keeping its routing key (no x-dead-letter-routing-key). One TTL per
+        // queue, so the oldest message is always the first to expire (RabbitMQ only expires
+        // messages at the head of a queue).
+        nlohmann::json args = {{"x-message-ttl", static_cast<std::int64_t>(d.count()) * 1000},
+                               {"x-dead-letter-exchange", back}};
+        ArgumentTable table(args);
+        amqp_queue_declare(conn_, kChannel, bytes(name), 0, /*durable*/ 1, 0, 0, table.table());
+        check(("declaring delay queue '" + name + "'").c_str());
+        amqp_queue_bind(conn_, kChannel, bytes(name), bytes(name), amqp_empty_bytes,
+                        amqp_empty_table);
+        check(("binding delay queue '" + name + "'").c_str());
+    }
 }
 
 int Broker::fd() const {
@@ -186,8 +227,8 @@ std::variant<std::monostate, Incoming, Confirm> Broker::next() {
     timeval zero{0, 0};
     amqp_rpc_reply_t r = amqp_consume_message(conn_, &envelope, &zero, 0);
     if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-        Incoming in{envelope.delivery_tag, str(envelope.routing_key), str(envelope.message.body),
-                    properties_to_json(envelope.message.properties)};
+        Incoming in{envelope.delivery_tag, str(envelope.exchange), str(envelope.routing_key),
+                    str(envelope.message.body), properties_to_json(envelope.message.properties)};
         amqp_destroy_envelope(&envelope);
         return in;
     }
@@ -246,8 +287,9 @@ void Broker::reject(std::uint64_t tag, bool requeue) {
         throw BrokerError(std::string("cannot reject: ") + amqp_error_string2(rc));
 }
 
-std::uint64_t Broker::publish_copy(const std::string& body, const RetryProperties& props) {
-    int rc = amqp_basic_publish(conn_, kChannel, amqp_empty_bytes, bytes(options_.queue.name), 0, 0,
+std::uint64_t Broker::publish_copy(const std::string& exchange, const std::string& routing_key,
+                                   const std::string& body, const RetryProperties& props) {
+    int rc = amqp_basic_publish(conn_, kChannel, bytes(exchange), bytes(routing_key), 0, 0,
                                 props.get(), bytes(body));
     if (rc != AMQP_STATUS_OK)
         throw BrokerError(std::string("cannot publish a retry: ") + amqp_error_string2(rc));

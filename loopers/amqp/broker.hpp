@@ -23,6 +23,7 @@ struct BrokerError : std::runtime_error {
 
 struct Incoming {
     std::uint64_t tag = 0;
+    std::string exchange; // "" for the default exchange
     std::string routing_key;
     std::string body;
     nlohmann::json properties;
@@ -39,7 +40,8 @@ class RetryProperties;
 
 class Broker {
   public:
-    // Connects, declares and binds the queue, sets the prefetch and starts consuming.
+    // Connects, declares and binds the queue, declares the retry exchange and one delay queue
+    // per retry_delays entry (retry.hpp), sets the prefetch and starts consuming.
     Broker(const Options& options, const Endpoint& endpoint);
     ~Broker();
     Broker(const Broker&) = delete;
@@ -55,8 +57,10 @@ class Broker {
 
     void ack(std::uint64_t tag);
     void reject(std::uint64_t tag, bool requeue);
-    // Publishes a copy straight to our queue; returns its publisher-confirm sequence number.
-    std::uint64_t publish_copy(const std::string& body, const RetryProperties& props);
+    // Publishes a retry copy to exchange (the retry exchange, or a delay's) with the message's
+    // routing key; returns its publisher-confirm sequence number.
+    std::uint64_t publish_copy(const std::string& exchange, const std::string& routing_key,
+                               const std::string& body, const RetryProperties& props);
     // A clean close: the broker requeues what we did not acknowledge.
     void close() noexcept;
 
@@ -64,6 +68,7 @@ class Broker {
     void open_socket(const Endpoint& e);
     void login(const Endpoint& e);
     void setup();
+    void declare_retry_path();
     void check(const char* what);
     std::variant<std::monostate, Incoming, Confirm> method_frame();
 

@@ -13,6 +13,7 @@
 #include "message.hpp"
 #include "options.hpp"
 #include "policy.hpp"
+#include "retry.hpp"
 
 #include "kit/looper-kit.hpp"
 
@@ -20,6 +21,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -37,7 +39,14 @@ namespace {
 
 using namespace loopabull::amqp;
 namespace kit = loopabull::kit;
-using kit::log;
+
+// Every line this looper logs goes through redact() (options.hpp): whatever reaches it (a
+// broker's error text, a host given as a URL by mistake) never carries a password.
+template <typename... Parts> void log(const Parts&... parts) {
+    std::string line;
+    (line.append(std::string_view(parts)), ...);
+    kit::log_line(redact(line));
+}
 using kit::shortened;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -90,8 +99,9 @@ class Output {
 
 class AmqpLooper {
   public:
-    explicit AmqpLooper(Options options)
-        : options_(std::move(options)), delay_(options_.reconnect_delay) {}
+    AmqpLooper(Options options, RetrySigner signer)
+        : options_(std::move(options)), signer_(std::move(signer)),
+          delay_(options_.reconnect_delay) {}
 
     int run(int signals);
 
@@ -103,9 +113,11 @@ class AmqpLooper {
     void on_confirm(const Confirm& c);
     void on_answer(std::string_view line);
     void settle(Delivery d, const std::string& result, const json& answer);
+    void finish_confirms();
     int poll_timeout() const;
 
     Options options_;
+    RetrySigner signer_;
     Ledger ledger_;
     std::unique_ptr<Broker> broker_;
     std::map<std::uint64_t, std::uint64_t> confirms_; // publish seq -> tag of the original
@@ -164,19 +176,24 @@ void AmqpLooper::drain() {
 }
 
 void AmqpLooper::on_delivery(Incoming in) {
-    auto key = routing_key_of(in.properties, in.routing_key);
+    auto origin = origin_of(signer_, options_.queue.name, in.exchange, in.routing_key,
+                            in.properties, in.body);
     auto id = event_id(ledger_.generation(), in.tag);
-    std::string why;
-    auto line = event_line(key, in.body, in.properties, id, &why);
+    std::string key = origin.routing_key;
+    std::string why = origin.problem;
+    std::optional<std::string> line;
+    if (why.empty())
+        line = event_line(&key, in.body, in.properties, id,
+                          options_.envelope ? &*options_.envelope : nullptr, &why);
     if (!line) {
         log("message ", id, " (", shortened(key), ", message id ",
-            shortened(in.properties.value("message_id", "none")), "): ", shortened(why),
+            shortened(in.properties.value("message_id", "none")), "): ", shortened(why, 400),
             "; rejecting it without requeue");
         broker_->reject(in.tag, false);
         return;
     }
-    ledger_.add(Delivery{in.tag, attempts_of(in.properties), key, std::move(in.body),
-                         std::move(in.properties)});
+    ledger_.add(Delivery{in.tag, origin.attempts, std::move(key), std::move(origin.routing_key),
+                         std::move(in.body), std::move(in.properties)});
     out_.push(ledger_.generation(), std::move(*line));
 }
 
@@ -215,14 +232,21 @@ void AmqpLooper::on_answer(std::string_view line) {
 
 void AmqpLooper::settle(Delivery d, const std::string& result, const json& answer) {
     Action action = decide(result, d.attempts, options_);
-    std::string what = "message " + event_id(ledger_.generation(), d.tag) + " (" + d.routing_key +
-                       ", message id " + d.properties.value("message_id", "none") + ")";
-    if (result != "succeeded" && result != "unrouted")
-        log(what, ": ", result, " (attempt ", std::to_string(d.attempts + 1), "); ",
-            action_name(action),
-            answer.contains("error") && answer["error"].is_string()
-                ? "; " + shortened(answer["error"].get<std::string>())
-                : std::string());
+    std::string what = "message " + event_id(ledger_.generation(), d.tag) + " (" +
+                       shortened(d.routing_key) + ", message id " +
+                       shortened(d.properties.value("message_id", "none")) + ")";
+    std::string why;
+    for (const char* field : {"reason", "error"})
+        if (auto it = answer.find(field); it != answer.end() && it->is_string())
+            why += "; " + shortened(it->get<std::string>());
+    auto delay = action == Action::retry ? retry_delay(d.attempts + 1, options_) : std::nullopt;
+    // Every settlement but a plain success is logged, with the reason: nothing is acked
+    // silently (an unrouted or unknown answer loses the message for good).
+    if (result != "succeeded")
+        log(what, ": ", known_result(result) ? result : "'" + shortened(result) + "'",
+            known_result(result) ? "" : " (a result this looper does not know: as unrouted)",
+            " (attempt ", std::to_string(d.attempts + 1), "); ", action_name(action),
+            delay ? " in " + std::to_string(delay->count()) + "s" : std::string(), why);
     try {
         switch (action) {
         case Action::ack:
@@ -231,10 +255,16 @@ void AmqpLooper::settle(Delivery d, const std::string& result, const json& answe
             return broker_->reject(d.tag, false);
         case Action::requeue:
             return broker_->reject(d.tag, true);
-        case Action::retry:
-            RetryProperties props(d.properties, d.attempts + 1, d.routing_key);
-            confirms_[broker_->publish_copy(d.body, props)] = d.tag;
+        case Action::retry: {
+            auto message_id = d.properties.value("message_id", std::string());
+            auto signature =
+                signer_.sign({options_.queue.name, d.amqp_key, message_id, d.body, d.attempts + 1});
+            RetryProperties props(d.properties, d.attempts + 1, signature);
+            auto exchange = delay ? delay_name(options_.queue.name, *delay)
+                                  : retry_exchange(options_.queue.name);
+            confirms_[broker_->publish_copy(exchange, d.amqp_key, d.body, props)] = d.tag;
             return;
+        }
         }
     } catch (const BrokerError& e) {
         lost(e.what());
@@ -245,6 +275,18 @@ int AmqpLooper::poll_timeout() const {
     if (broker_) return kTickMs;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_attempt_ - Clock::now());
     return static_cast<int>(std::clamp<long long>(left.count(), 0, kTickMs));
+}
+
+// A retry copy the broker has not confirmed yet has an original that is still unacknowledged:
+// closing now would put the original back while the copy may be stored, and both would run.
+// So a stop waits (briefly: a stuck broker must not hold up a stop) for those confirms.
+void AmqpLooper::finish_confirms() {
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (broker_ && !confirms_.empty() && Clock::now() < deadline) {
+        pollfd fd{broker_->fd(), POLLIN, 0};
+        if (!broker_->buffered()) ::poll(&fd, 1, 100);
+        drain();
+    }
 }
 
 int AmqpLooper::run(int signals) {
@@ -266,11 +308,46 @@ int AmqpLooper::run(int signals) {
         }
         if (fds[0].revents) {
             log("stopping on a signal; unanswered messages go back to the queue");
+            finish_confirms();
             return 0;
         }
-        if (fds[1].revents && !answers.read(STDIN_FILENO, on_answer)) return 0;
+        if (fds[1].revents && !answers.read(STDIN_FILENO, on_answer)) {
+            finish_confirms();
+            return 0;
+        }
         if (fds[3].revents) out_.flush(STDOUT_FILENO);
     }
+}
+
+// The key of retry copies (retry.hpp): the configured file (every instance consuming the queue
+// must be given the same one), else one made in systemd's $STATE_DIRECTORY on first use, else
+// (no state directory: not under systemd) one for this process only, with a warning.
+std::string retry_secret(const Options& options, bool check_only) {
+    std::string path = options.retry_secret_file;
+    bool create = false;
+    if (path.empty()) {
+        if (const char* dirs = std::getenv("STATE_DIRECTORY"); dirs && *dirs) {
+            std::string_view first(dirs);
+            first = first.substr(0, first.find(':'));
+            path = std::string(first) + "/" + secret_file_name(options.queue.name);
+            create = true;
+        }
+    }
+    if (path.empty()) {
+        if (!check_only)
+            log("warning: no 'retry_secret_file' and no $STATE_DIRECTORY: retry copies are signed "
+                "with a key of this process only, so a copy still waiting when the looper "
+                "restarts is refused (dead-lettered); give 'retry_secret_file'");
+        unsigned char raw[32];
+        if (getrandom(raw, sizeof raw, 0) != static_cast<ssize_t>(sizeof raw))
+            throw std::runtime_error(std::string("getrandom failed: ") + std::strerror(errno));
+        return std::string(reinterpret_cast<const char*>(raw), sizeof raw);
+    }
+    std::string why;
+    if (check_only && create) return std::string(kMinSecret, 'x'); // made at the first start
+    auto secret = load_secret(path, create, &why);
+    if (!secret) throw std::runtime_error("retry secret: " + why);
+    return *secret;
 }
 
 int start(bool check_only) {
@@ -278,9 +355,10 @@ int start(bool check_only) {
     auto options = parse_options(kit::read_config(), read_environment());
     for (const auto& w : options.warnings)
         log("warning: ", w);
+    RetrySigner signer(retry_secret(options, check_only));
     if (check_only) return 0;
     auto signals = kit::stop_signals();
-    AmqpLooper looper(std::move(options));
+    AmqpLooper looper(std::move(options), std::move(signer));
     return looper.run(signals.get());
 }
 

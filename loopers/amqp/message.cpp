@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "message.hpp"
 
+#include "retry.hpp"
+
 #include <cstring>
 
 namespace loopabull::amqp {
@@ -64,11 +66,6 @@ json field_to_json(const amqp_field_value_t& f) {
     }
 }
 
-const json* find_int(const json& headers, const char* key) {
-    auto it = headers.find(key);
-    return it != headers.end() && it->is_number_integer() ? &*it : nullptr;
-}
-
 struct TooDeep {};
 
 json parse_body(std::string_view body, std::string* why) {
@@ -112,29 +109,26 @@ json properties_to_json(const amqp_basic_properties_t& p) {
     return out;
 }
 
-int attempts_of(const json& properties) {
-    auto headers = properties.find("headers");
-    if (headers == properties.end()) return 0;
-    long long n = 0;
-    for (const char* key : {kAttemptsHeader, "x-delivery-count"})
-        if (auto v = find_int(*headers, key)) n = std::max(n, v->get<long long>());
-    return static_cast<int>(std::clamp(n, 0LL, 1000000LL));
-}
-
-std::string routing_key_of(const json& properties, std::string_view delivered) {
-    auto headers = properties.find("headers");
-    if (headers != properties.end()) {
-        auto it = headers->find(kRoutingKeyHeader);
-        if (it != headers->end() && it->is_string()) return it->get<std::string>();
-    }
-    return std::string(delivered);
-}
-
-std::optional<std::string> event_line(std::string_view routing_key, std::string_view body,
+std::optional<std::string> event_line(std::string* key, std::string_view body,
                                       const json& properties, std::string_view id,
-                                      std::string* why) {
+                                      const Envelope* envelope, std::string* why) {
     json msg = parse_body(body, why);
     if (msg.is_discarded()) return std::nullopt;
+    if (envelope) {
+        // fedmsg-rabbitmq-serializer's {"topic": T, "body": FEDMSG}: T chooses the playbook,
+        // FEDMSG is what the playbook sees as msg (as loopabull 0.0.5/0.0.6 gave it).
+        auto k = msg.is_object() ? msg.find(envelope->routing_key) : msg.end();
+        auto b = msg.is_object() ? msg.find(envelope->body) : msg.end();
+        if (k == msg.end() || !k->is_string() || k->get<std::string>().empty() || b == msg.end()) {
+            *why = "the body is not an envelope with a non-empty string '" + envelope->routing_key +
+                   "' and a '" + envelope->body + "'";
+            return std::nullopt;
+        }
+        *key = k->get<std::string>();
+        json inner = std::move(*b);
+        msg = std::move(inner);
+    }
+    const std::string& routing_key = *key;
     // The original handed playbooks {"msg": body}; fedora-messaging's consumers also see the
     // topic, headers and message id.
     json event_body = {{"msg", std::move(msg)}, {"topic", routing_key}};
@@ -150,7 +144,7 @@ std::optional<std::string> event_line(std::string_view routing_key, std::string_
     return line + '\n';
 }
 
-RetryProperties::RetryProperties(const json& p, int attempts, std::string_view routing_key) {
+RetryProperties::RetryProperties(const json& p, int attempts, std::string_view signature) {
     auto set = [&](const char* key, amqp_flags_t f, amqp_bytes_t& field) {
         if (auto it = p.find(key); it != p.end() && it->is_string()) {
             field = bytes(it->get<std::string>());
@@ -176,8 +170,9 @@ RetryProperties::RetryProperties(const json& p, int attempts, std::string_view r
     json headers = p.value("headers", json::object());
     headers.erase("x-delivery-count");
     headers.erase("x-death");
+    headers.erase("x-loopabull-routing-key"); // what loopabull before 0.2 trusted: never again
     headers[kAttemptsHeader] = attempts;
-    headers[kRoutingKeyHeader] = routing_key;
+    headers[kSignatureHeader] = std::string(signature);
     props_.headers = table(headers);
     props_.delivery_mode = AMQP_DELIVERY_PERSISTENT;
     props_._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;

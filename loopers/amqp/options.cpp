@@ -75,14 +75,23 @@ std::vector<std::string> strings(const json& value, const std::string& field) {
 
 // ---- connection -------------------------------------------------------------------------------
 
-void read_credentials(const json& value, Options& o) {
+// legacy: the 0.0.7 dialect (a `rabbitmq` section), where pika took an empty or null password.
+void read_credentials(const json& value, bool legacy, bool uses_tls, Options& o) {
     known_keys(mapping(value, "credentials"), "credentials", {"username", "password"});
+    bool null_password = legacy && value.contains("password") && value["password"].is_null();
     for (auto& e : o.endpoints) {
         if (value.contains("username"))
             e.username = text(value["username"], "credentials.username");
-        if (value.contains("password"))
+        if (null_password)
+            e.password.clear();
+        else if (value.contains("password"))
             e.password = text(value["password"], "credentials.password", true);
     }
+    if (legacy && !uses_tls && value.contains("password") &&
+        (null_password || o.endpoints[0].password.empty()))
+        o.warnings.push_back("'credentials.password' is empty, as loopabull 0.0.7 accepted it; "
+                             "a broker that checks passwords (PLAIN) refuses the login unless "
+                             "'tls' makes the certificate the credential (EXTERNAL)");
 }
 
 void read_tls(const json& value, Options& o) {
@@ -155,7 +164,19 @@ void read_endpoints(const json& c, Options& o) {
     o.endpoints = {e};
 }
 
-void read_sasl(const json& c, Options& o) {
+void read_sasl(const json& c, bool legacy, Options& o) {
+    // 0.0.7 gave pika ExternalCredentials whenever `tls` was set, and credentials only otherwise.
+    if (legacy && o.tls && !c.contains("sasl")) {
+        if (o.tls->certfile.empty())
+            throw ConfigError("'tls' in the 0.0.7 dialect authenticates by a client certificate "
+                              "(SASL EXTERNAL): give 'tls.certfile' and 'tls.keyfile'");
+        o.sasl = Sasl::external;
+        if (c.contains("credentials"))
+            o.warnings.push_back("'credentials' are not used: with 'tls', loopabull 0.0.7 (and "
+                                 "this looper in its dialect) logs in by the client certificate "
+                                 "(SASL EXTERNAL)");
+        return;
+    }
     if (!c.contains("sasl")) {
         // As fedora-messaging and the 0.0.7 looper do: a client certificate without a password
         // authenticates by the certificate (EXTERNAL).
@@ -277,6 +298,35 @@ void read_policy(const json& c, Options& o) {
         o.max_attempts = static_cast<int>(integer(c["max_attempts"], "max_attempts", 1, 1000));
     if (c.contains("requeue_cancelled"))
         o.requeue_cancelled = boolean(c["requeue_cancelled"], "requeue_cancelled");
+    if (c.contains("retry_delays")) {
+        const json& v = c["retry_delays"];
+        if (!v.is_array()) throw ConfigError(type_error("retry_delays", "a list of durations"));
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            auto d = duration(v[i], "retry_delays[" + std::to_string(i) + "]");
+            // RabbitMQ's x-message-ttl is at most 2^32-1 ms; a zero TTL would mean "now".
+            if (d.count() < 1 || d.count() > 4294967)
+                throw ConfigError("'retry_delays[" + std::to_string(i) +
+                                  "]' must be between 1s and 4294967s (RabbitMQ's largest "
+                                  "message TTL)");
+            o.retry_delays.push_back(d);
+        }
+    }
+    if (c.contains("retry_secret_file"))
+        o.retry_secret_file = text(c["retry_secret_file"], "retry_secret_file");
+}
+
+void read_envelope(const json& c, Options& o) {
+    if (!c.contains("envelope")) return;
+    const json& v = c["envelope"];
+    if (v.is_boolean()) {
+        if (v.get<bool>()) o.envelope = Envelope{};
+        return;
+    }
+    known_keys(mapping(v, "envelope"), "envelope", {"routing_key", "body"});
+    Envelope e;
+    if (v.contains("routing_key")) e.routing_key = text(v["routing_key"], "envelope.routing_key");
+    if (v.contains("body")) e.body = text(v["body"], "envelope.body");
+    o.envelope = e;
 }
 
 void read_timing(const json& c, const Environment& env, Options& o) {
@@ -309,18 +359,46 @@ const std::set<std::string> kKeys = {
     "url", "urls", "host", "port", "vhost", "credentials", "tls", "sasl", "queue", "bindings",
     "prefetch", "heartbeat", "connect_timeout", "on_failure", "max_attempts", "requeue_cancelled",
     "dead_letter_exchange", "dead_letter_routing_key", "consumer_timeout", "reconnect_delay",
-    "reconnect_delay_max",
+    "reconnect_delay_max", "retry_delays", "retry_secret_file", "envelope",
     // the 0.0.7 fedmsgrabbitmq looper's names
     "rabbitmq", "channel_queue", "routing_keys", "exchange"};
 
 } // namespace
+
+std::string redact(std::string_view text) {
+    std::string out;
+    std::size_t pos = 0;
+    for (;;) {
+        auto scheme = text.find("://", pos);
+        if (scheme == std::string_view::npos) break;
+        auto start = scheme + 3;
+        auto next = text.find("://", start);
+        auto end = next == std::string_view::npos ? text.size() : next;
+        auto url = text.substr(start, end - start);
+        auto at = url.rfind('@');
+        auto colon = url.find(':');
+        out.append(text.substr(pos, start - pos));
+        if (at != std::string_view::npos && colon != std::string_view::npos && colon < at) {
+            out.append(url.substr(0, colon + 1));
+            out.append("***");
+            out.append(url.substr(at));
+        } else {
+            out.append(url);
+        }
+        pos = end;
+    }
+    out.append(text.substr(pos));
+    return out;
+}
 
 Endpoint parse_url(const std::string& url, const std::string& field) {
     std::vector<char> buffer(url.begin(), url.end());
     buffer.push_back('\0');
     amqp_connection_info info{};
     if (amqp_parse_url(buffer.data(), &info) != AMQP_STATUS_OK)
-        throw ConfigError("'" + field + "': '" + url + "' is not an amqp:// or amqps:// URL");
+        throw ConfigError("'" + field + "': '" + redact(url) +
+                          "' is not an amqp:// or amqps:// URL (amqp[s]://user:password@host"
+                          "[:port]/vhost, port 1-65535)");
     Endpoint e;
     e.host = info.host;
     e.port = info.port;
@@ -338,20 +416,30 @@ Options parse_options(const json& config, const Environment& env) {
     if (!config.is_object()) throw ConfigError("the config must be a mapping");
     known_keys(config, "", kKeys);
     Options o;
+    // The 0.0.7 fedmsgrabbitmq looper's own section: its meanings apply (see read_sasl).
+    bool legacy = config.contains("rabbitmq");
     read_endpoints(config, o);
-    if (config.contains("credentials")) read_credentials(config["credentials"], o);
+    if (config.contains("credentials"))
+        read_credentials(config["credentials"], legacy, config.contains("tls"), o);
     if (config.contains("tls")) read_tls(config["tls"], o);
+    // pika's default port follows its ssl_options: 5671 (AMQPS, IANA) with TLS.
+    if (legacy && o.tls && !config["rabbitmq"].contains("port")) o.endpoints[0].port = 5671;
     // rabbitmq-c verifies the broker only against the CA it is given.
     for (const auto& e : o.endpoints)
         if (e.tls && (!o.tls || o.tls->ca_cert.empty()))
             throw ConfigError("TLS (amqps://, or a 'tls' section) needs 'tls.ca_cert', the CA "
                               "that signed the broker's certificate");
-    read_sasl(config, o);
+    read_sasl(config, legacy, o);
     read_queue(config, o);
     read_dead_letter(config, o);
     read_bindings(config, o);
     read_policy(config, o);
+    read_envelope(config, o);
     read_timing(config, env, o);
+    // The longest name the looper derives from the queue's (retry.hpp) must stay a short string.
+    if (o.queue.name.size() + 40 > 255)
+        throw ConfigError("the queue's name is longer than 215 bytes; the looper names its retry "
+                          "exchange and delay queues after it, and AMQP names end at 255");
     return o;
 }
 

@@ -11,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace loopabull::amqp {
@@ -56,6 +57,13 @@ struct Binding {
 // What to do with a message whose playbook failed or timed out.
 enum class OnFailure { retry, reject, ack };
 
+// Routing key and body taken from fields of a JSON message, as fedmsg-rabbitmq-serializer
+// wrapped fedmsg messages ({"topic": T, "body": FEDMSG}) for loopabull 0.0.5/0.0.6.
+struct Envelope {
+    std::string routing_key = "topic";
+    std::string body = "body";
+};
+
 struct Options {
     std::vector<Endpoint> endpoints;
     std::optional<TlsOptions> tls;
@@ -67,6 +75,11 @@ struct Options {
     seconds connect_timeout{30};
     OnFailure on_failure = OnFailure::retry;
     int max_attempts = 3;
+    // Waits before the 2nd, 3rd... attempt (the last repeats); empty: retry at once.
+    std::vector<seconds> retry_delays;
+    // The HMAC key of retry copies (retry.hpp); empty: $STATE_DIRECTORY's, made on first use.
+    std::string retry_secret_file;
+    std::optional<Envelope> envelope;
     bool requeue_cancelled = true;
     seconds consumer_timeout{30 * 60};
     seconds reconnect_delay{1};
@@ -85,7 +98,16 @@ struct Environment {
 // channel_queue, routing_keys, exchange); throws ConfigError naming the offending field.
 Options parse_options(const nlohmann::json& config, const Environment& env);
 
-// amqp://user:pass@host:port/vhost and amqps://...; throws ConfigError.
+// amqp://user:pass@host:port/vhost and amqps://...; throws ConfigError (whose text has the URL
+// with its password redacted).
 Endpoint parse_url(const std::string& url, const std::string& field);
+
+// The one place credentials are taken out of text before it is logged. Each "://" starts a URL
+// that runs to the next "://" or the end of text; in it, whatever lies between the first ':'
+// after "://" and the URL's last '@' (the password, percent-encoded or not, even containing
+// ':', '/', '@' or spaces, which a hand-written URL may) becomes "***". Text without "://" or
+// '@' is returned unchanged. A malformed URL is redacted too: more rather than less. Give it a
+// URL, not a sentence that holds one (a later '@' in the sentence would be redacted as well).
+std::string redact(std::string_view text);
 
 } // namespace loopabull::amqp

@@ -37,11 +37,30 @@ Action on_failure(int attempts, const Options& o) {
 
 Action decide(std::string_view result, int attempts, const Options& o) {
     if (result == "succeeded" || result == "unrouted") return Action::ack;
-    if (result == "rejected") return Action::reject;
+    // Added in protocol 0.2 (loopabull-looper(7)): done on purpose, settled as done.
+    if (result == "superseded" || result == "throttled") return Action::ack;
+    // A fault of the event, or an operator's cancel (`aborted`): final, to the dead letters.
+    if (result == "rejected" || result == "aborted") return Action::reject;
     // Cancelled means the supervisor is stopping: the run says nothing about the message.
-    if (result == "cancelled" && o.requeue_cancelled) return Action::requeue;
-    // failed, timeout, and results a later protocol may add: bounded like a failure.
-    return on_failure(attempts, o);
+    if (result == "cancelled")
+        return o.requeue_cancelled ? Action::requeue : on_failure(attempts, o);
+    if (result == "failed" || result == "timeout") return on_failure(attempts, o);
+    // A result this looper does not know: as `unrouted` (settle, never retry), as the protocol
+    // says, so that a newer supervisor cannot make an older looper loop.
+    return Action::ack;
+}
+
+bool known_result(std::string_view r) {
+    for (auto k : {"succeeded", "failed", "unrouted", "rejected", "timeout", "cancelled", "aborted",
+                   "superseded", "throttled"})
+        if (r == k) return true;
+    return false;
+}
+
+std::optional<seconds> retry_delay(int runs, const Options& o) {
+    if (o.retry_delays.empty() || runs < 1) return std::nullopt;
+    auto i = std::min<std::size_t>(static_cast<std::size_t>(runs) - 1, o.retry_delays.size() - 1);
+    return o.retry_delays[i];
 }
 
 std::size_t Ledger::new_generation() {

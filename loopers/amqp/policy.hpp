@@ -24,14 +24,24 @@ enum class Action {
 const char* action_name(Action a);
 
 // `attempts` counts the runs before this delivery (0 the first time). Failed and timed-out
-// runs are bounded by max_attempts, so a broken playbook never loops for ever.
+// runs are bounded by max_attempts, so a broken playbook never loops for ever. Results as in
+// loopabull-looper(7): aborted (an operator's cancel) is rejected without requeue; superseded
+// and throttled are acked; a result not listed there is treated as unrouted (acked).
 Action decide(std::string_view result, int attempts, const Options& options);
+
+// Whether decide() knows this result by name (the others are logged and treated as unrouted).
+bool known_result(std::string_view result);
+
+// The wait before the next attempt after `runs` runs (1 after the first failure): the
+// (runs-1)th of retry_delays, its last one repeating; nullopt when there are no delays.
+std::optional<seconds> retry_delay(int runs, const Options& options);
 
 // A delivery waiting for the supervisor's answer; what a retry needs to publish its copy.
 struct Delivery {
     std::uint64_t tag = 0;
     int attempts = 0;
-    std::string routing_key; // as the playbook saw it
+    std::string routing_key; // as the playbook saw it (after the envelope, if any)
+    std::string amqp_key;    // as the broker delivered it: what a retry copy keeps and signs
     std::string body;
     nlohmann::json properties; // content_type, message_id, headers...: see message.hpp
 };

@@ -55,7 +55,9 @@ struct ExecutorConfig {
     bool fallback_direct = false; // when a scope cannot be made: run unconfined, or fail
     unsigned max_parallel = 4;
     std::size_t queue_size = 1000;
-    usec timeout = std::chrono::minutes(30);
+    // Below RabbitMQ's default consumer_timeout (30 min): at equal values the broker takes a
+    // long job's message back while it still runs, and the amqp looper warns at every start.
+    usec timeout = std::chrono::minutes(25);
     usec kill_grace = std::chrono::seconds(10);
     usec stop_timeout = std::chrono::minutes(5);
     // Sandbox of every playbook run (both executors).

@@ -45,7 +45,7 @@ def make_certificates(d):
 
 
 class RabbitMQ:
-    def __init__(self, tls=False):
+    def __init__(self, tls=False, tls_port=None):
         self.dir = Path(tempfile.mkdtemp(prefix="loopabull-rabbit-"))
         self.name = f"loopabull{os.getpid()}x{free_port()}@localhost"
         self.port = free_port()
@@ -53,7 +53,7 @@ class RabbitMQ:
         plugins = "[]."
         self.tls_port = None
         if tls:
-            self.tls_port = free_port()
+            self.tls_port = tls_port or free_port()
             make_certificates(self.dir)
             conf += "\n".join([
                 f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
@@ -99,11 +99,26 @@ class RabbitMQ:
                 raise RuntimeError(f"RabbitMQ did not start: {r.stderr}\n{self.log()[-3000:]}")
             time.sleep(0.5)
 
+    def vm_pid(self):
+        """The node's Erlang VM. Debian's wrapper starts it with su, in a session of its own:
+        killing the wrapper's process group does not reach it."""
+        return int(self.ctl("eval", "os:getpid().").strip().strip('"'))
+
+    def kill(self, pid=None):
+        """SIGKILL to the node's Erlang VM (pid: vm_pid(), asked earlier to kill at once): a
+        crash, not a shutdown."""
+        os.kill(pid or self.vm_pid(), 9)
+        self._reap()
+
     def stop(self):
         if self.proc is None:
             return
         subprocess.run([CTL, "-q", "-n", self.name, "stop"], env=self.env, capture_output=True,
                        timeout=60)
+        self._reap()
+
+    def _reap(self):
+        """Waits for the wrapper to end, killing its process group if it does not."""
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -174,3 +189,29 @@ class RabbitMQ:
             ch.queue_bind(queue, exchange)
         finally:
             conn.close()
+
+
+class Cluster:
+    """Nodes of one RabbitMQ cluster on loopback: separate names, ports and data directories;
+    one Erlang cookie (every node runs as the rabbitmq user, whose home holds it). The first
+    node is the one the others join."""
+
+    def __init__(self, size=3):
+        self.nodes = []
+        try:
+            for _ in range(size):
+                self.nodes.append(RabbitMQ())
+            for node in self.nodes[1:]:
+                node.ctl("stop_app")
+                node.ctl("join_cluster", self.nodes[0].name)
+                node.ctl("start_app")
+        except BaseException:
+            self.close()
+            raise
+
+    def running(self):
+        return [n for n in self.nodes if n.proc is not None]
+
+    def close(self):
+        for n in self.nodes:
+            n.close()

@@ -140,7 +140,7 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
     EXPECT_FALSE(a.trusted_payloads);
     EXPECT_TRUE(a.environment.empty());
 
-    expect_executor(c.executor, 4, 1000, 30min, 10s, 5min);
+    expect_executor(c.executor, 4, 1000, 25min, 10s, 5min);
 }
 
 TEST(Config, EveryKeyIsRead) {
