@@ -269,7 +269,7 @@ IGNORE_TERM = LOCAL_PLAY + """\
         trap '' TERM
         sleep 300 &
         (sleep 301; true) &
-        echo $$ > {{ out_dir }}/tree-ready
+        echo $$ > {{ event.out_dir }}/tree-ready
         while :; do sleep 1; done
 """
 
@@ -445,10 +445,10 @@ def test_disk_full_while_writing_a_vars_file(workdir, supervisor, small_tmpfs, f
 
 ECHO = LOCAL_PLAY + """\
     - debug:
-        msg: "{{ title }} {{ nested }} {{ loopabull_event_id }}"
+        msg: "{{ event.title }} {{ event.nested }} {{ loopabull_event_id }}"
     - copy:
-        dest: "{{ out_dir }}/{{ loopabull_job_id }}.json"
-        content: "{{ {'title': title, 'nested': nested, 'id': loopabull_event_id,
+        dest: "{{ event.out_dir }}/{{ loopabull_job_id }}.json"
+        content: "{{ {'title': event.title, 'nested': event.nested, 'id': loopabull_event_id,
                       'key': loopabull_routing_key} | to_json }}"
 """
 # Lines of `strace -ff -y` (one file per process): syscall(args) = result
