@@ -89,6 +89,10 @@ std::string escape_for_log(std::string_view text) {
     return out;
 }
 
+std::string loggable(std::string_view text) {
+    return needs_log_escape(text) ? escape_for_log(text) : std::string(text);
+}
+
 LogRateLimit::Verdict LogRateLimit::check(clock::time_point now) noexcept {
     if (!started_ || now - window_start_ >= interval_) {
         started_ = true;

@@ -22,6 +22,11 @@ std::string escape_for_log(std::string_view text);
 // without one needs no escaping.
 bool needs_log_escape(std::string_view text) noexcept;
 
+// The text as it is when it needs no escaping, else escape_for_log(text): for messages that may
+// quote outside text escaped already (a rejection reason), so that escaping twice does not double
+// their backslashes.
+std::string loggable(std::string_view text);
+
 // At most `burst` lines per `interval`; what is left out is counted, so that the next line that
 // passes (or flush()) can say how many were suppressed. Times are the caller's monotonic clock.
 class LogRateLimit {

@@ -535,13 +535,15 @@ bool Manager::may_log(LogRateLimit& limit, std::string_view what) {
 void Manager::flush_rate_limits() {
     if (auto n = rejected_log_.flush())
         spdlog::warn("suppressed {} similar messages (rejected events) in the last seconds", n);
+    if (auto n = refused_log_.flush())
+        spdlog::warn("suppressed {} similar messages (refused D-Bus calls) in the last seconds", n);
 }
 
 void Manager::reject(Looper& looper, const std::optional<json>& id, const std::string& reason) {
     ++counters_.events_rejected;
     // A looper relays what anyone sends it: these lines are the outsiders', limited and escaped.
     if (may_log(rejected_log_, "rejected events"))
-        spdlog::warn("looper {}: rejected an event: {}{}", looper.name(), escape_for_log(reason),
+        spdlog::warn("looper {}: rejected an event: {}{}", looper.name(), loggable(reason),
                      id ? "" : " (no readable id, so no answer)");
     answer(looper.name(), looper.generation(), id, Result::rejected, std::nullopt, reason);
 }
@@ -582,8 +584,7 @@ void Manager::route(Looper& looper, Event ev) {
             if (!err) continue;
             ++counters_.events_rejected;
             if (may_log(rejected_log_, "rejected events"))
-                spdlog::warn("looper {}: rejected an event: {}", looper.name(),
-                             escape_for_log(*err));
+                spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(*err));
             return answer(looper.name(), looper.generation(), ev.id, Result::rejected,
                           std::nullopt, *err + " (ansible.event_variable: top-level)");
         }
@@ -769,7 +770,7 @@ std::optional<JobInfo> Manager::job(JobId id) const {
 bool Manager::cancel_job(JobId id, std::string_view by) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return false;
-    it->second.aborted_by = escape_for_log(by);
+    it->second.aborted_by = std::string(by);
     spdlog::info("job {} ({}): cancel requested by {}", id, it->second.routing_key,
                  it->second.aborted_by);
     if (it->second.admitted) return executor_->cancel(id);

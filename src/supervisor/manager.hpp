@@ -115,9 +115,12 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::vector<JobInfo> jobs() const;          // queued and running
     std::optional<JobInfo> job(JobId id) const; // also recently finished ones
     // An operator's cancel: a queued job is answered "aborted" at once; a running one is stopped
-    // and answered "aborted" when it has ended. `by` names who asked (for the answer's reason and
-    // the log; escaped there).
+    // and answered "aborted" when it has ended. `by` names who asked, for the answer's reason and
+    // the log: text already safe to log (escape_for_log applied to what came from outside).
     bool cancel_job(JobId id, std::string_view by = "an operator");
+    // Whether a line about a refused D-Bus call may be logged now (20 every 10 s; the next line
+    // says how many were suppressed): callers are outsiders, who must not flood the journal.
+    bool may_log_refused_call() { return may_log(refused_log_, "refused D-Bus calls"); }
     void pause(); // no new events are taken; running jobs go on
     void resume();
     // The problems that kept the new configuration from being applied; empty on success.
@@ -179,6 +182,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     // Log lines that outsiders cause: bad events (per looper would let one looper hide another's
     // lines; a total is what protects the journal), refused calls and looper stderr.
     LogRateLimit rejected_log_{20, std::chrono::seconds(10)};
+    LogRateLimit refused_log_{20, std::chrono::seconds(10)};
     std::map<std::string, std::unique_ptr<Looper>> loopers_;
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;

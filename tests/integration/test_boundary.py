@@ -78,7 +78,8 @@ def attacks(pwned):
         "interpreter": {"ansible_python_interpreter": f"touch {pwned}; /usr/bin/python3"},
         "ssh-proxycommand": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1",
                              "ansible_ssh_common_args": f"-o ProxyCommand='touch {pwned}'"},
-        "become-exe": {"ansible_become": True, "ansible_become_exe": f"touch {pwned}; sudo"},
+        "become-exe": {"ansible_become": True, "ansible_become_user": "nobody",
+                       "ansible_become_exe": f"touch {pwned}; sudo"},
         "shell-executable": {"ansible_shell_executable": f"touch {pwned}; /bin/sh"},
     }
 
@@ -98,16 +99,22 @@ def test_attacks_are_data_under_event_by_default(workdir, supervisor):
     assert sup.stop() == 0
 
 
-def test_the_unprotected_play_would_be_taken(workdir):
-    """The attack is real: the same bodies as top-level extra vars (what loopabull 0.1 wrote)
-    do take over the same playbook in Debian's ansible-playbook."""
-    (workdir / "playbooks" / "h.yml").write_text(HARMLESS)
+@pytest.mark.parametrize("attack", ["interpreter", "ssh-proxycommand", "become-exe",
+                                    "shell-executable", "guard"])
+def test_the_unprotected_play_would_be_taken(workdir, attack):
+    """Each attack is real: the same body as top-level extra vars (what loopabull 0.1 wrote)
+    takes over the same playbook in Debian's ansible-playbook."""
     pwned = workdir / "PWNED"
+    if attack == "guard":
+        play, body, proof = GUARDED, {"precheck": {"rc": 0}, "approved": True}, workdir / "out" / "guarded-ran"
+    else:
+        play, body, proof = HARMLESS, attacks(pwned)[attack], pwned
+    (workdir / "playbooks" / "h.yml").write_text(play)
     vars_file = workdir / "vars.json"
-    vars_file.write_text(json.dumps(attacks(pwned)["interpreter"]))
+    vars_file.write_text(json.dumps(body))
     subprocess.run([shutil.which("ansible-playbook"), str(workdir / "playbooks" / "h.yml"),
                     "-e", f"@{vars_file}"], capture_output=True, timeout=120)
-    assert pwned.exists()
+    assert proof.exists()
 
 
 # Names the top-level form refuses, by kind; every ansible_* is refused by its prefix.
@@ -360,13 +367,13 @@ def test_outside_names_are_escaped_in_the_log(workdir, supervisor):
                                 {"name": "spool", "command": ["spool", str(spool)]}])
     sup = supervisor(cfg)
     (spool / name).write_text("{}")
-    sup.wait_log(r"\\x1b\[31m", what="the escaped file name")
+    sup.wait_log(r"\\x1B\[31m", what="the escaped file name")
     wait_until(lambda: read_answers(workdir / "answers"), 30)
     sup.stop()
     raw = sup.log_path.read_bytes()
     assert b"\x1b" not in raw and b"\r" not in raw
     assert not any(line.startswith(b"FORGED") for line in raw.splitlines())
-    assert "\\nFORGED-LINE" in sup.log
+    assert "invalid routing key 'bad\\nFORGED-LINE" in sup.log  # escaped once
 
 
 def test_log_lines_of_untrusted_parties_are_rate_limited(workdir, supervisor):

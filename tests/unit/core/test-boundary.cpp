@@ -70,6 +70,8 @@ TEST(LogSafe, ControlCharactersAreEscaped) {
     EXPECT_FALSE(needs_log_escape("plain é \\"));
     EXPECT_TRUE(needs_log_escape("a\nb"));
     EXPECT_FALSE(needs_log_escape(escape_for_log("\n\x1b\xff\u202e")));
+    EXPECT_EQ(loggable("C:\\dir \\n"), "C:\\dir \\n"); // escaped text stays as it is
+    EXPECT_EQ(loggable("a\nb"), "a\\nb");
 }
 
 TEST(LogSafe, RateLimitCountsWhatItLeavesOut) {
