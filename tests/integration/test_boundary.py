@@ -389,3 +389,21 @@ def test_log_lines_of_untrusted_parties_are_rate_limited(workdir, supervisor):
     suppressed = sum(int(m) for m in re.findall(r"suppressed (\d+) similar", sup.log))
     assert logged < 100, logged
     assert logged + suppressed == n, (logged, suppressed, sup.log[-2000:])
+
+
+def test_scope_fallback_covers_an_unreachable_manager_at_start(workdir, supervisor, tmp_path):
+    """executor.type scope, the user manager, on_scope_failure: direct and no user bus: loopabull
+    starts, says so in the log, and runs jobs without a scope (issue 12, case 10)."""
+    (workdir / "playbooks" / "boundary.harmless.yml").write_text(HARMLESS)
+    answers = workdir / "answers"
+    cfg = base_config(workdir, [scripted(lines=[event("boundary.harmless", {}, id="direct")],
+                                         answers=str(answers))],
+                      executor={"type": "scope", "manager": "user", "on_scope_failure": "direct"})
+    missing = tmp_path / "no-bus"
+    sup = supervisor(cfg, env={"DBUS_SESSION_BUS_ADDRESS": f"unix:path={missing}",
+                               "XDG_RUNTIME_DIR": str(missing)})
+    wait_until(lambda: read_answers(answers), 120, what="the answer")
+    assert read_answers(answers)[0]["result"] == "succeeded", sup.log[-3000:]
+    assert "cannot reach the user manager for scopes" in sup.log
+    assert "RUNNING JOBS WITHOUT A SCOPE" in sup.log
+    assert sup.stop() == 0
