@@ -96,6 +96,8 @@ def test_attacks_are_data_under_event_by_default(workdir, supervisor):
         assert answers[name]["result"] == "succeeded", (name, answers[name], sup.log[-3000:])
     assert not pwned.exists()
     assert not (workdir / "out" / "guarded-ran").exists()
+    print("FIGURES attacks:", {name: answers[name]["result"] for name in answers},
+          "marker created:", pwned.exists())
     assert sup.stop() == 0
 
 
@@ -129,12 +131,15 @@ REFUSED = ["ansible_python_interpreter", "ansible_connection", "ansible_ssh_comm
 
 def test_top_level_form_rejects_every_name_ansible_gives_meaning_to(workdir, supervisor):
     pwned = workdir / "PWNED"
-    lines = [event("boundary.harmless", {k: v, "ok": 1}, id=f"{name}")
-             for name, b in attacks(pwned).items() for k, v in b.items() if k != "ansible_host"]
+    lines = [event("boundary.harmless", {k: v, "ok": 1}, id=f"a-{name}-{k}")
+             for name, b in attacks(pwned).items() for k, v in b.items()]
     lines += [event("boundary.harmless", {key: "x"}, id=f"k-{key}") for key in REFUSED]
     lines.append(event("boundary.record", {"msg": {"a": 1}, "loopabull_custom": "mine"}, id="fine"))
     sup, answers = run(workdir, supervisor, {"boundary.harmless": HARMLESS, "boundary.record": RECORD},
                        lines, len(lines), ansible={"event_variable": "top-level"})
+    for name, a in answers.items():
+        if name.startswith("a-"):
+            assert a["result"] == "rejected" and "'ansible_" in a["reason"], a
     for key in REFUSED:
         a = answers[f"k-{key}"]
         assert a["result"] == "rejected", (key, a)
@@ -145,6 +150,10 @@ def test_top_level_form_rejects_every_name_ansible_gives_meaning_to(workdir, sup
     got = json.loads((workdir / "out" / "fine.json").read_text())
     assert got["custom"] == "mine"
     assert "started" not in "".join(l for l in sup.log.splitlines() if "k-" in l)
+    rejected = sum(a["result"] == "rejected" for a in answers.values())
+    print("FIGURES top-level:", f"{len(lines)} events, {rejected} rejected naming the key,",
+          f"jobs started {sup.log.count(' started: ')} (the one allowed body), marker created",
+          pwned.exists())
     assert sup.stop() == 0
 
 
@@ -223,12 +232,24 @@ def test_playbooks_see_exactly_what_was_sent(workdir, supervisor):
     for i in range(24):
         bodies[f"r{i}"] = {f"k{j}": random_value(rng) for j in range(rng.randint(0, 5))}
     lines = [event("boundary.record", b, id=name) for name, b in bodies.items()]
+    t0 = time.monotonic()
     sup, answers = run(workdir, supervisor, {"boundary.record": RECORD}, lines, len(lines), timeout=300)
+    elapsed = time.monotonic() - t0
     for name, body in bodies.items():
         assert answers[name]["result"] == "succeeded", (seed, name, answers[name])
         got = json.loads((workdir / "out" / f"{name}.json").read_text())["event"]
         assert got == body, (seed, name)
         assert json.dumps(got, sort_keys=True) == json.dumps(body, sort_keys=True), (seed, name)
+
+    def count(v, big=False):
+        if isinstance(v, dict):
+            return sum(count(x, big) for x in v.values())
+        if isinstance(v, list):
+            return sum(count(x, big) for x in v)
+        return int(not big or (isinstance(v, int) and not isinstance(v, bool)
+                               and not -2**63 <= v < 2**64))
+    print("FIGURES property:", f"seed {seed}, {len(bodies)} bodies, {count(bodies)} scalars,",
+          f"{count(bodies, True)} integers beyond 64 bits, all equal, {elapsed:.1f} s")
     assert sup.stop() == 0
 
 
@@ -261,6 +282,8 @@ def test_a_second_supervisor_on_the_same_runtime_dir_fails_and_deletes_nothing(w
     assert f"pid {first.proc.pid}" in r.stdout + r.stderr, r
     assert str(workdir / "run") in r.stdout + r.stderr
     assert list((workdir / "run" / "vars").iterdir()) == vars_files
+    print("FIGURES lock:", f"exit {r.returncode};", (r.stdout + r.stderr).strip().splitlines()[-1],
+          "; vars files of the first intact:", len(vars_files))
     (workdir / "release").touch()
     wait_until(lambda: read_answers(answers), 120, what="the held job's answer")
     assert read_answers(answers)[0]["result"] == "succeeded", first.log[-3000:]
@@ -387,6 +410,7 @@ def test_log_lines_of_untrusted_parties_are_rate_limited(workdir, supervisor):
     assert sup.stop() == 0
     logged = sup.log.count("rejected an event")
     suppressed = sum(int(m) for m in re.findall(r"suppressed (\d+) similar", sup.log))
+    print("FIGURES rate:", f"{n} rejected events, {logged} logged, {suppressed} counted as suppressed")
     assert logged < 100, logged
     assert logged + suppressed == n, (logged, suppressed, sup.log[-2000:])
 
