@@ -14,11 +14,11 @@ constexpr std::string_view kAnsibleReserved[] = {
 
 // Python's keywords cannot be Jinja2 variables either ("{{ class }}" does not parse).
 constexpr std::string_view kKeywords[] = {
-    "False", "None",   "True",    "and",  "as",   "assert", "async",    "await",
-    "break", "class",  "continue", "def", "del",  "elif",   "else",     "except",
-    "finally", "for",  "from",    "global", "if", "import", "in",       "is",
-    "lambda", "nonlocal", "not",  "or",   "pass", "raise",  "return",   "try",
-    "while", "with",   "yield",   "true", "false", "none"};
+    "False",   "None",     "True",     "and",    "as",    "assert", "async",  "await",
+    "break",   "class",    "continue", "def",    "del",   "elif",   "else",   "except",
+    "finally", "for",      "from",     "global", "if",    "import", "in",     "is",
+    "lambda",  "nonlocal", "not",      "or",     "pass",  "raise",  "return", "try",
+    "while",   "with",     "yield",    "true",   "false", "none"};
 
 } // namespace
 

@@ -51,8 +51,8 @@ std::optional<std::string> id_error(const json& id) {
 
 ParsedEvent make_event(std::string key, json body, std::optional<json> id) {
     if (auto err = routing_key_error(key))
-        return Rejection{"invalid routing key '" + escape_for_log(key.substr(0, 300)) + "': " + *err,
-                         id};
+        return Rejection{
+            "invalid routing key '" + escape_for_log(key.substr(0, 300)) + "': " + *err, id};
     if (!body.is_object()) return Rejection{"\"body\" must be a JSON object", id};
     return Event{std::move(key), std::move(body), std::move(id)};
 }
@@ -150,9 +150,9 @@ std::string format_answer(const json& id, Result result, std::optional<int> exit
                           std::string_view reason) {
     std::string line;
     // Replacement keeps an answer writable even when a reason quotes broken input.
-    std::string quoted =
-        reason.empty() ? std::string()
-                       : json(reason).dump(-1, ' ', false, json::error_handler_t::replace);
+    std::string quoted = reason.empty()
+                             ? std::string()
+                             : json(reason).dump(-1, ' ', false, json::error_handler_t::replace);
     line.reserve(64 + 2 * quoted.size());
     line += '{';
     if (!quoted.empty()) line += "\"error\":" + quoted + ',';

@@ -31,7 +31,7 @@ int BusApi::authorize(sd_bus_message* m, Verb verb, JobId job, sd_bus_error* err
     if (r < 0) {
         if (manager_.may_log_refused_call())
             spdlog::warn("D-Bus API: {} refused: cannot tell who is calling: {}", verb_name(verb),
-                     std::strerror(-r));
+                         std::strerror(-r));
         return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell who is calling: access denied");
     }
     // The unique name comes from the bus daemon, but is text from outside all the same: escaped.
@@ -41,7 +41,7 @@ int BusApi::authorize(sd_bus_message* m, Verb verb, JobId job, sd_bus_error* err
         if (uid == geteuid()) return perform(m, verb, job, who, error);
         if (manager_.may_log_refused_call())
             spdlog::warn("D-Bus API: {} by {} refused: on the user bus only uid {} may", verb_name(verb), who,
-                     geteuid());
+                         geteuid());
         return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
                                  "Access denied: only uid %u (which runs instance %s) may %s it",
                                  static_cast<unsigned>(geteuid()), manager_.instance().c_str(),
@@ -63,7 +63,7 @@ int BusApi::authorize(sd_bus_message* m, Verb verb, JobId job, sd_bus_error* err
     if (r < 0) {
         if (manager_.may_log_refused_call())
             spdlog::warn("D-Bus API: {} by {} refused: cannot ask polkit: {}", verb_name(verb), check->who,
-                     std::strerror(-r));
+                         std::strerror(-r));
         return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot ask polkit: access denied");
     }
     checks_.push_back(std::move(check));
@@ -123,7 +123,7 @@ int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*
             // named by org.freedesktop.policykit.owner in the .policy file.)
             if (self->manager_.may_log_refused_call())
                 spdlog::warn("D-Bus API: {} by {} refused: polkit did not answer: {} ({})", verb, own->who,
-                         e->message ? e->message : "", e->name ? e->name : "");
+                             e->message ? e->message : "", e->name ? e->name : "");
             sd_bus_error_setf(&error.e, SD_BUS_ERROR_ACCESS_DENIED,
                               "Access denied: the authorization check failed (polkit: %s)",
                               e->message ? e->message : "no answer");
@@ -142,7 +142,7 @@ int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*
             } else if (challenge) {
                 if (self->manager_.may_log_refused_call())
                     spdlog::warn("D-Bus API: {} by {} refused: polkit wants interactive authentication", verb,
-                             own->who);
+                                 own->who);
                 sd_bus_error_set(&error.e, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
                                  "Interactive authentication required.");
             } else {

@@ -219,8 +219,7 @@ void Manager::lock_runtime_dir() {
             if (n > 0) {
                 std::string text(buf, static_cast<std::size_t>(n));
                 text.erase(text.find_last_not_of("\n") + 1);
-                if (!text.empty() &&
-                    text.find_first_not_of("0123456789") == std::string::npos)
+                if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos)
                     holder = "another loopabull (pid " + text + ")";
             }
         }
@@ -228,7 +227,8 @@ void Manager::lock_runtime_dir() {
                                  "; one runtime directory serves one supervisor: give this one "
                                  "another --instance or runtime_dir (nothing was changed)");
     }
-    UniqueFd pf(open(pid_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+    UniqueFd pf(
+        open(pid_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!pf) fail(errno, "writing " + pid_path);
     auto text = std::to_string(getpid()) + "\n";
     if (write(pf.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
@@ -328,9 +328,9 @@ std::optional<ScopeMode> Manager::scope_mode(const ExecutorConfig& e) {
 }
 
 // Connects to the manager that makes our scopes. When it cannot be reached and on_scope_failure is
-// direct, jobs run without a scope meanwhile (loopabull(8)), the error is in the log and the status,
-// and retry_scopes() tries again before jobs start; otherwise the error propagates (a failed start
-// or reload).
+// direct, jobs run without a scope meanwhile (loopabull(8)), the error is in the log and the
+// status, and retry_scopes() tries again before jobs start; otherwise the error propagates (a
+// failed start or reload).
 void Manager::connect_scopes(const ExecutorConfig& e) {
     auto which = std::string(e.user_manager ? "user" : "system");
     try {

@@ -3,10 +3,11 @@
 // the file is read back with yaml-cpp, as ansible-playbook would read it with PyYAML.
 // Invariants, in both forms (the body under the variable `event`, and top-level): the file reads
 // back to exactly the body (top-level: loopabull's own names dropped), integers of any size exact,
-// loopabull's own variables added; every string, key or value, at any depth, carries the !unsafe tag (untrusted
-// mode); every untagged scalar is a null, boolean, integer or float as YAML 1.1 resolves it.
-// With LOOPABULL_FUZZ_VARS_DUMP=DIR, each body and its file are written to DIR (NAME.json,
-// NAME.yml) so that tests/fuzz/test_varsfile_ansible.py can read them with Ansible's own loader.
+// loopabull's own variables added; every string, key or value, at any depth, carries the !unsafe
+// tag (untrusted mode); every untagged scalar is a null, boolean, integer or float as YAML 1.1
+// resolves it. With LOOPABULL_FUZZ_VARS_DUMP=DIR, each body and its file are written to DIR
+// (NAME.json, NAME.yml) so that tests/fuzz/test_varsfile_ansible.py can read them with Ansible's
+// own loader.
 #include "core/event-names.hpp"
 #include "core/exact-json.hpp"
 #include "core/protocol.hpp"
@@ -14,11 +15,11 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <algorithm>
 #include <functional>
 #include <optional>
 #include <regex>
@@ -117,7 +118,8 @@ void round_trip(const json& body, bool trusted, bool top_level) {
     for (unsigned char c : file)
         check(c == '\n' || (c >= 0x20 && c < 0x7f), "the file is printable ASCII");
     json expected = json::object();
-    if (!top_level) expected["event"] = body;
+    if (!top_level)
+        expected["event"] = body;
     else
         for (auto& [k, v] : body.items())
             if (!own_name(k)) expected[k] = v;

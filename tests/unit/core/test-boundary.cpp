@@ -25,7 +25,8 @@ TEST(ExactJson, IntegersBeyond64BitsStayExact) {
 }
 
 TEST(ExactJson, FloatsAndTheRestAsNlohmannParsesThem) {
-    std::string text = R"({"f": 1.5, "e": 1E5, "a": [1, [2, {"x": null}]], "d": 1, "d": 2, "s": "\u00e9"})";
+    std::string text =
+        R"({"f": 1.5, "e": 1E5, "a": [1, [2, {"x": null}]], "d": 1, "d": 2, "s": "\u00e9"})";
     std::string err;
     auto v = parse_exact_json(text, &err);
     ASSERT_TRUE(v) << err;
@@ -41,23 +42,41 @@ TEST(ExactJson, ErrorsAreReported) {
 }
 
 TEST(EventNames, TopLevelRefusesWhatAnsibleGivesMeaningTo) {
-    for (auto key : {"ansible_python_interpreter", "ansible_ssh_common_args", "ansible_become_exe",
-                     "ansible_shell_executable", "ansible_whatever_comes_next", "_ansible_no_log",
-                     "inventory_hostname", "hostvars", "groups", "group_names", "playbook_dir",
-                     "environment", "omit", "role_path", "play_hosts", "vars", "item", "lookup",
-                     "become_exe", "loopabull_job_id", "loopabull_event_id"}) {
+    for (auto key : {"ansible_python_interpreter",
+                     "ansible_ssh_common_args",
+                     "ansible_become_exe",
+                     "ansible_shell_executable",
+                     "ansible_whatever_comes_next",
+                     "_ansible_no_log",
+                     "inventory_hostname",
+                     "hostvars",
+                     "groups",
+                     "group_names",
+                     "playbook_dir",
+                     "environment",
+                     "omit",
+                     "role_path",
+                     "play_hosts",
+                     "vars",
+                     "item",
+                     "lookup",
+                     "become_exe",
+                     "loopabull_job_id",
+                     "loopabull_event_id"}) {
         auto err = top_level_key_error(key);
         ASSERT_TRUE(err) << key;
         EXPECT_NE(err->find(std::string("'") + key + "'"), std::string::npos) << *err;
     }
-    for (auto key : {"msg", "topic", "loopabull_custom", "title", "ansible", "Ansible_x", "hosts_x"})
+    for (auto key :
+         {"msg", "topic", "loopabull_custom", "title", "ansible", "Ansible_x", "hosts_x"})
         EXPECT_FALSE(top_level_key_error(key)) << key;
 }
 
 TEST(EventNames, EventVariable) {
     EXPECT_FALSE(event_variable_error("event"));
     EXPECT_FALSE(event_variable_error("message"));
-    for (auto name : {"", "1a", "a-b", "a.b", "class", "ansible_host", "hostvars", "loopabull_looper"})
+    for (auto name :
+         {"", "1a", "a-b", "a.b", "class", "ansible_host", "hostvars", "loopabull_looper"})
         EXPECT_TRUE(event_variable_error(name)) << name;
 }
 

@@ -193,10 +193,9 @@ TEST(RenderVars, OutputIsPrintableAscii) {
                 all += static_cast<char>(0x80 | (cp & 0x3F));
     }
     all += "\xE2\x80\xA8\xEF\xBF\xBF\xF0\x9F\x98\x80";
-    auto rendered = render_vars({{all, all}, {"list", {all, {{all, all}}}}},
-                                {.trusted = false,
-                                 .event_variable = std::nullopt,
-                                 .own = {{"loopabull_event_id", all}}});
+    auto rendered = render_vars(
+        {{all, all}, {"list", {all, {{all, all}}}}},
+        {.trusted = false, .event_variable = std::nullopt, .own = {{"loopabull_event_id", all}}});
     EXPECT_TRUE(printable_ascii(rendered));
 }
 
@@ -242,7 +241,8 @@ TEST(RenderVars, TheBodyIsOneVariableByDefault) {
 
 TEST(RenderVars, BigIntegersAreWrittenAsTheirLiteral) {
     std::string err;
-    auto body = parse_exact_json(R"({"big": 18446744073709551616, "neg": -123456789012345678901234567890})", &err);
+    auto body = parse_exact_json(
+        R"({"big": 18446744073709551616, "neg": -123456789012345678901234567890})", &err);
     ASSERT_TRUE(body) << err;
     EXPECT_EQ(body_lines(render_vars(*body, kUntrusted)),
               (std::vector<std::string>{R"(!unsafe "big": 18446744073709551616)",
