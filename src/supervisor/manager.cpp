@@ -535,6 +535,8 @@ bool Manager::may_log(LogRateLimit& limit, std::string_view what) {
 void Manager::flush_rate_limits() {
     if (auto n = rejected_log_.flush())
         spdlog::warn("suppressed {} similar messages (rejected events) in the last seconds", n);
+    if (auto n = unrouted_log_.flush())
+        spdlog::warn("suppressed {} similar messages (unrouted events) in the last seconds", n);
     if (auto n = refused_log_.flush())
         spdlog::warn("suppressed {} similar messages (refused D-Bus calls) in the last seconds", n);
 }
@@ -560,7 +562,9 @@ void Manager::route(Looper& looper, Event ev) {
                             config_.ansible.layout);
     if (pb.status == PlaybookLookup::Status::missing) {
         ++counters_.events_unrouted;
-        spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
+        // Anyone who can send events can send keys without a playbook: limited too.
+        if (may_log(unrouted_log_, "unrouted events"))
+            spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
     }
     if (pb.status == PlaybookLookup::Status::error) {

@@ -183,6 +183,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     // lines; a total is what protects the journal), refused calls and looper stderr.
     LogRateLimit rejected_log_{20, std::chrono::seconds(10)};
     LogRateLimit refused_log_{20, std::chrono::seconds(10)};
+    LogRateLimit unrouted_log_{20, std::chrono::seconds(10)};
     std::map<std::string, std::unique_ptr<Looper>> loopers_;
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;

@@ -401,18 +401,24 @@ def test_outside_names_are_escaped_in_the_log(workdir, supervisor):
 
 def test_log_lines_of_untrusted_parties_are_rate_limited(workdir, supervisor):
     """A flood of bad events writes a bounded number of lines and says how many it left out."""
-    n = 600
+    n, m = 600, 300
     lines = [event("bad..key", {}, id=i) for i in range(n)]
+    lines += [event(f"no.such.playbook{i}", {}, id=n + i) for i in range(m)]
     answers = workdir / "answers"
     sup = supervisor(base_config(workdir, [scripted(lines=lines, answers=str(answers))]))
-    wait_until(lambda: len(read_answers(answers)) == n, 60, what=f"{n} answers")
-    assert all(a["result"] == "rejected" for a in read_answers(answers))
+    wait_until(lambda: len(read_answers(answers)) == n + m, 60, what=f"{n + m} answers")
+    results = [a["result"] for a in read_answers(answers)]
+    assert results.count("rejected") == n and results.count("unrouted") == m
     assert sup.stop() == 0
-    logged = sup.log.count("rejected an event")
-    suppressed = sum(int(m) for m in re.findall(r"suppressed (\d+) similar", sup.log))
-    print("FIGURES rate:", f"{n} rejected events, {logged} logged, {suppressed} counted as suppressed")
-    assert logged < 100, logged
-    assert logged + suppressed == n, (logged, suppressed, sup.log[-2000:])
+
+    def suppressed(kind):
+        return sum(int(x) for x in re.findall(rf"suppressed (\d+) similar messages \({kind}\)", sup.log))
+    logged, unrouted = sup.log.count("rejected an event"), sup.log.count("; unrouted")
+    print("FIGURES rate:", f"{n} rejected events: {logged} logged, {suppressed('rejected events')}",
+          f"suppressed; {m} unrouted: {unrouted} logged, {suppressed('unrouted events')} suppressed")
+    assert logged < 100 and unrouted < 100, (logged, unrouted)
+    assert logged + suppressed("rejected events") == n, sup.log[-2000:]
+    assert unrouted + suppressed("unrouted events") == m, sup.log[-2000:]
 
 
 def test_scope_fallback_covers_an_unreachable_manager_at_start(workdir, supervisor, tmp_path):
