@@ -390,7 +390,7 @@ def test_outside_names_are_escaped_in_the_log(workdir, supervisor):
                                 {"name": "spool", "command": ["spool", str(spool)]}])
     sup = supervisor(cfg)
     (spool / name).write_text("{}")
-    sup.wait_log(r"\\x1B\[31m", what="the escaped file name")
+    sup.wait_log(r"looper spool: .*FORGED-LINE", what="the spool looper naming the file")
     wait_until(lambda: read_answers(workdir / "answers"), 30)
     sup.stop()
     raw = sup.log_path.read_bytes()
