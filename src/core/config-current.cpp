@@ -2,6 +2,7 @@
 // The current dialect of the configuration (loopabull.yml(5)), and the sections of it that the
 // legacy dialects read too.
 #include "core/config-reader.hpp"
+#include "core/event-names.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -188,7 +189,7 @@ void read_environment(Reader& r, const YAML::Node& node, Config& c) {
 
 const std::vector<std::string_view> kAnsibleKeys = {
     "playbooks_dir", "layout",           "playbook_cmd", "cfg_file_path",
-    "inventory",     "trusted_payloads", "environment"};
+    "inventory",     "trusted_payloads", "environment",  "event_variable"};
 
 void check_file(Reader& r, const YAML::Node& at, const std::string& p, std::string_view key) {
     if (r.options().check_files && access(p.c_str(), R_OK) != 0)
@@ -206,6 +207,13 @@ void read_playbooks_dir(Reader& r, const YAML::Node& node, Config& c) {
     if (r.options().check_files && !is_directory(c.ansible.playbooks_dir))
         r.error(node["playbooks_dir"],
                 "playbooks_dir '" + c.ansible.playbooks_dir + "' is not a directory");
+    // Playbooks are looked up by name in it, as the user loopabull runs as: without search
+    // permission every event would fail (answered failed, not rejected: our fault, not the
+    // event's); without read permission Ansible cannot list roles and includes beside them.
+    else if (r.options().check_files && access(c.ansible.playbooks_dir.c_str(), R_OK | X_OK) != 0)
+        r.error(node["playbooks_dir"], "playbooks_dir '" + c.ansible.playbooks_dir +
+                                           "' is not readable by uid " + std::to_string(geteuid()) +
+                                           ": " + std::strerror(errno));
 }
 
 void read_inventory(Reader& r, const YAML::Node& node, std::string_view key, Config& c) {
@@ -244,6 +252,16 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (auto v = node["trusted_payloads"])
         c.ansible.trusted_payloads = r.boolean(v, "trusted_payloads").value_or(false);
     if (auto v = node["environment"]) read_environment(r, v, c);
+    if (auto v = node["event_variable"]) {
+        if (auto name = r.string(v, "event_variable")) {
+            if (*name == "top-level")
+                c.ansible.event_variable.reset();
+            else if (auto err = event_variable_error(*name))
+                r.error(v, "'event_variable': " + *err + " (or 'top-level')");
+            else
+                c.ansible.event_variable = *name;
+        }
+    }
 }
 
 const std::vector<std::string_view> kExecutorKeys = {

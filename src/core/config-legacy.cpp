@@ -93,8 +93,10 @@ void read_legacy_plugins(Reader& r, const YAML::Node& node, Config& c) {
 
 } // namespace
 
+// The original loopabull passed each body key as an extra variable; its playbooks read them so.
 void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "legacy-readme";
+    c.ansible.event_variable.reset();
     r.mapping(root, "the configuration", kReadmeKeys);
     if (!root["plugin"])
         r.error(root, "missing 'plugin' (the looper to run)");
@@ -109,6 +111,7 @@ const std::vector<std::string_view> kLegacyKeys = {"loglevel", "routing_keys", "
 
 void read_legacy_007(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "legacy-0.0.7";
+    c.ansible.event_variable.reset();
     r.mapping(root, "the configuration", kLegacyKeys);
     read_legacy_plugins(r, root["plugins"], c);
     read_legacy_common(r, root, c);

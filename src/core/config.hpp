@@ -41,6 +41,9 @@ struct AnsibleConfig {
     std::optional<std::string> cfg_file_path;
     std::optional<std::string> inventory;
     bool trusted_payloads = false;
+    // The one variable that holds the event body; nullopt: the top-level form (the legacy
+    // dialects' default), where bodies with a key Ansible gives meaning to are rejected.
+    std::optional<std::string> event_variable = "event";
     std::vector<std::pair<std::string, std::string>> environment;
 };
 

@@ -3,6 +3,9 @@
 
 #include "core/routing.hpp"
 
+#include "core/exact-json.hpp"
+#include "core/log-safe.hpp"
+
 #include <algorithm>
 #include <cstring>
 
@@ -47,7 +50,9 @@ std::optional<std::string> id_error(const json& id) {
 }
 
 ParsedEvent make_event(std::string key, json body, std::optional<json> id) {
-    if (auto err = routing_key_error(key)) return Rejection{"invalid routing key: " + *err, id};
+    if (auto err = routing_key_error(key))
+        return Rejection{
+            "invalid routing key '" + escape_for_log(key.substr(0, 300)) + "': " + *err, id};
     if (!body.is_object()) return Rejection{"\"body\" must be a JSON object", id};
     return Event{std::move(key), std::move(body), std::move(id)};
 }
@@ -110,17 +115,12 @@ ParsedEvent parse_event(std::string_view line) {
         return Rejection{"line contains a NUL byte", std::nullopt};
     if (!valid_utf8(line)) return Rejection{"line is not valid UTF-8", std::nullopt};
     if (too_deep(line)) return Rejection{"nested deeper than 64 levels", std::nullopt};
-    json doc = json::parse(line.begin(), line.end(), nullptr, false);
-    if (doc.is_discarded()) {
-        try {
-            [[maybe_unused]] auto unused = json::parse(line);
-        } catch (const json::exception& e) { // parse_error, or out_of_range for 1e400
-            return Rejection{std::string("malformed JSON: ") + e.what(), std::nullopt};
-        }
-        return Rejection{"malformed JSON", std::nullopt};
-    }
-    if (doc.is_object()) return from_object(doc);
-    if (doc.is_array()) return from_array(doc);
+    // Integers beyond 64 bits stay exact (exact-json.hpp), as Python's json module keeps them.
+    std::string error;
+    auto doc = parse_exact_json(line, &error);
+    if (!doc) return Rejection{"malformed JSON: " + error, std::nullopt};
+    if (doc->is_object()) return from_object(*doc);
+    if (doc->is_array()) return from_array(*doc);
     return Rejection{"an event must be a JSON object or a [routing_key, body] array", std::nullopt};
 }
 
@@ -138,6 +138,8 @@ std::string_view to_string(Result r) noexcept {
         return "timeout";
     case Result::cancelled:
         return "cancelled";
+    case Result::aborted:
+        return "aborted";
     }
     return "failed";
 }
@@ -145,16 +147,15 @@ std::string_view to_string(Result r) noexcept {
 // Written directly rather than through a json tree: one answer per event is the hot path. The
 // keys come in the order nlohmann's object gave them (sorted), as the man page shows.
 std::string format_answer(const json& id, Result result, std::optional<int> exit_code,
-                          std::string_view error) {
+                          std::string_view reason) {
     std::string line;
-    line.reserve(64 + error.size());
+    // Replacement keeps an answer writable even when a reason quotes broken input.
+    std::string quoted = reason.empty()
+                             ? std::string()
+                             : json(reason).dump(-1, ' ', false, json::error_handler_t::replace);
+    line.reserve(64 + 2 * quoted.size());
     line += '{';
-    if (!error.empty()) {
-        // Replacement keeps an answer writable even when an error message quotes broken input.
-        line += "\"error\":";
-        line += json(error).dump(-1, ' ', false, json::error_handler_t::replace);
-        line += ',';
-    }
+    if (!quoted.empty()) line += "\"error\":" + quoted + ',';
     line += "\"exit_code\":";
     line += exit_code ? std::to_string(*exit_code) : "null";
     line += ",\"id\":";
@@ -163,6 +164,7 @@ std::string format_answer(const json& id, Result result, std::optional<int> exit
                                         : std::to_string(id.get<std::int64_t>());
     else
         line += id.dump(-1, ' ', false, json::error_handler_t::replace);
+    if (!quoted.empty()) line += ",\"reason\":" + quoted;
     line += ",\"result\":\"";
     line += to_string(result);
     line += "\"}\n";

@@ -31,13 +31,17 @@ using ParsedEvent = std::variant<Event, Rejection>;
 // Parses one line (without its newline). Never throws: every malformed input is a Rejection.
 ParsedEvent parse_event(std::string_view line);
 
-enum class Result { succeeded, failed, unrouted, rejected, timeout, cancelled };
+// cancelled: a shutdown interrupted the job or never started it (the looper puts the event back);
+// aborted (added in 0.2): an operator cancelled it, final (loopabull-looper(7)).
+enum class Result { succeeded, failed, unrouted, rejected, timeout, cancelled, aborted };
 
 std::string_view to_string(Result r) noexcept;
 
-// One answer line, newline included.
+// One answer line, newline included. A non-empty reason (human text: why the event was rejected,
+// failed to start, or who aborted it) is written as "reason" (added in 0.2) and, for loopers
+// written for 0.1, as "error"; bytes that are not UTF-8 become U+FFFD.
 std::string format_answer(const json& id, Result result, std::optional<int> exit_code,
-                          std::string_view error = {});
+                          std::string_view reason = {});
 
 bool valid_utf8(std::string_view s) noexcept;
 

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "core/varsfile.hpp"
 
+#include "core/event-names.hpp"
+#include "core/exact-json.hpp"
+
+#include <algorithm>
 #include <cstdio>
 
 namespace loopabull {
@@ -109,29 +113,40 @@ void value(std::string& out, const json& v, bool trusted) {
     case json::value_t::null:
         out += "null";
         break;
+    case json::value_t::binary: // only big integers: JSON text has no binary values
+        out += is_big_integer(v) ? big_integer_text(v) : "null";
+        break;
     default:
         out += v.dump();
         break; // integers
     }
 }
 
-// The loopabull_ prefix is reserved: an event cannot pose as loopabull (a forged
-// loopabull_event_id in an event that has no id, say).
-bool reserved(const std::string& key) {
-    return key.starts_with("loopabull_");
+// In the top-level form an event cannot pose as loopabull (a forged loopabull_event_id in an
+// event that has no id, say); the manager has already rejected such an event, this is the second
+// line of defence.
+bool own_variable(const std::string& key) {
+    return std::find(std::begin(kOwnVariables), std::end(kOwnVariables), key) !=
+           std::end(kOwnVariables);
 }
 
 } // namespace
 
 std::string render_vars(const json& body, const VarsOptions& options) {
     std::string out = "# Extra variables of one loopabull job, deleted when the job ends.\n";
-    for (auto& [k, v] : body.items()) {
-        if (reserved(k)) continue;
-        out += "? ";
-        string_scalar(out, k, options.trusted);
-        out += "\n: ";
-        value(out, v, options.trusted);
+    if (options.event_variable) {
+        out += *options.event_variable + ": ";
+        value(out, body, options.trusted);
         out += '\n';
+    } else {
+        for (auto& [k, v] : body.items()) {
+            if (own_variable(k)) continue;
+            out += "? ";
+            string_scalar(out, k, options.trusted);
+            out += "\n: ";
+            value(out, v, options.trusted);
+            out += '\n';
+        }
     }
     for (auto& [k, v] : options.own) {
         out += k + ": ";

@@ -3,6 +3,8 @@
 // polkit allows (org.loopabull.loopabull1.manage), asked asynchronously.
 #include "supervisor/bus-api-object.hpp"
 
+#include "core/log-safe.hpp"
+
 #include "build-config.h"
 
 #include <unistd.h>
@@ -27,16 +29,19 @@ int BusApi::authorize(sd_bus_message* m, Verb verb, JobId job, sd_bus_error* err
     uid_t uid = 0;
     if (r >= 0) r = sd_bus_creds_get_euid(raw, &uid);
     if (r < 0) {
-        spdlog::warn("D-Bus API: {} refused: cannot tell who is calling: {}", verb_name(verb),
-                     std::strerror(-r));
+        if (manager_.may_log_refused_call())
+            spdlog::warn("D-Bus API: {} refused: cannot tell who is calling: {}", verb_name(verb),
+                         std::strerror(-r));
         return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell who is calling: access denied");
     }
-    std::string who = "uid " + std::to_string(uid) + " (" + sender + ")";
+    // The unique name comes from the bus daemon, but is text from outside all the same: escaped.
+    std::string who = "uid " + std::to_string(uid) + " (" + escape_for_log(sender) + ")";
     if (uid == 0) return perform(m, verb, job, who, error);
     if (kind_ == BusKind::user) {
         if (uid == geteuid()) return perform(m, verb, job, who, error);
-        spdlog::warn("D-Bus API: {} by {} refused: on the user bus only uid {} may", verb_name(verb), who,
-                     geteuid());
+        if (manager_.may_log_refused_call())
+            spdlog::warn("D-Bus API: {} by {} refused: on the user bus only uid {} may", verb_name(verb), who,
+                         geteuid());
         return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
                                  "Access denied: only uid %u (which runs instance %s) may %s it",
                                  static_cast<unsigned>(geteuid()), manager_.instance().c_str(),
@@ -56,8 +61,9 @@ int BusApi::authorize(sd_bus_message* m, Verb verb, JobId job, sd_bus_error* err
     check->interactive = sd_bus_message_get_allow_interactive_authorization(m) > 0;
     r = ask_polkit(*check);
     if (r < 0) {
-        spdlog::warn("D-Bus API: {} by {} refused: cannot ask polkit: {}", verb_name(verb), check->who,
-                     std::strerror(-r));
+        if (manager_.may_log_refused_call())
+            spdlog::warn("D-Bus API: {} by {} refused: cannot ask polkit: {}", verb_name(verb), check->who,
+                         std::strerror(-r));
         return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot ask polkit: access denied");
     }
     checks_.push_back(std::move(check));
@@ -115,8 +121,9 @@ int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*
             // polkit unreachable, or it failed: nobody can say yes, so it is no. (polkit also
             // refuses to answer a process that is neither root nor the action's owner, the user
             // named by org.freedesktop.policykit.owner in the .policy file.)
-            spdlog::warn("D-Bus API: {} by {} refused: polkit did not answer: {} ({})", verb, own->who,
-                         e->message ? e->message : "", e->name ? e->name : "");
+            if (self->manager_.may_log_refused_call())
+                spdlog::warn("D-Bus API: {} by {} refused: polkit did not answer: {} ({})", verb, own->who,
+                             e->message ? e->message : "", e->name ? e->name : "");
             sd_bus_error_setf(&error.e, SD_BUS_ERROR_ACCESS_DENIED,
                               "Access denied: the authorization check failed (polkit: %s)",
                               e->message ? e->message : "no answer");
@@ -125,19 +132,22 @@ int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*
             r = sd_bus_message_enter_container(reply, 'r', "bba{ss}");
             if (r >= 0) r = sd_bus_message_read(reply, "bb", &authorized, &challenge);
             if (r < 0) {
-                spdlog::warn("D-Bus API: {} by {} refused: unreadable answer from polkit", verb, own->who);
+                if (self->manager_.may_log_refused_call())
+                    spdlog::warn("D-Bus API: {} by {} refused: unreadable answer from polkit", verb, own->who);
                 sd_bus_error_set(&error.e, SD_BUS_ERROR_ACCESS_DENIED,
                                  "Access denied: unreadable answer from polkit");
             } else if (authorized) {
                 r = self->perform(call, own->verb, own->job, own->who + ", authorized by polkit", &error.e);
                 if (r < 0 && !sd_bus_error_is_set(&error.e)) sd_bus_error_set_errno(&error.e, r);
             } else if (challenge) {
-                spdlog::warn("D-Bus API: {} by {} refused: polkit wants interactive authentication", verb,
-                             own->who);
+                if (self->manager_.may_log_refused_call())
+                    spdlog::warn("D-Bus API: {} by {} refused: polkit wants interactive authentication", verb,
+                                 own->who);
                 sd_bus_error_set(&error.e, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
                                  "Interactive authentication required.");
             } else {
-                spdlog::warn("D-Bus API: {} by {} refused by polkit", verb, own->who);
+                if (self->manager_.may_log_refused_call())
+                    spdlog::warn("D-Bus API: {} by {} refused by polkit", verb, own->who);
                 sd_bus_error_setf(&error.e, SD_BUS_ERROR_ACCESS_DENIED,
                                   "Access denied: not authorized to %s instance %s (polkit action %s)", verb,
                                   self->manager_.instance().c_str(), kManageAction);
@@ -163,7 +173,7 @@ int BusApi::perform(sd_bus_message* m, Verb verb, JobId job, const std::string& 
         auto info = manager_.job(job);
         if (!info || info->state == "finished") return no_such_job(job, error);
         spdlog::info("D-Bus API: cancel of job {} by {}", job, who);
-        if (!manager_.cancel_job(job))
+        if (!manager_.cancel_job(job, who))
             return sd_bus_error_setf(error, SD_BUS_ERROR_FAILED, "Job %" PRIu64 " could not be cancelled",
                                      static_cast<std::uint64_t>(job));
         break;

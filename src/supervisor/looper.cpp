@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/looper.hpp"
 
+#include "core/log-safe.hpp"
 #include "supervisor/log.hpp"
 #include "supervisor/process.hpp"
 
@@ -274,8 +275,11 @@ void Looper::read_stderr() {
         return;
     }
     log_reader_.commit(static_cast<std::size_t>(n));
+    // A looper's stderr quotes what outsiders sent it (file names, message fields): escaped, so
+    // that a newline, CR or ESC sequence in them cannot forge or hide a log line.
     while (auto line = log_reader_.next())
-        spdlog::info("looper {}: {}{}", name(), line->text, line->overlong ? " [...]" : "");
+        spdlog::info("looper {}: {}{}", name(), escape_for_log(line->text),
+                     line->overlong ? " [...]" : "");
 }
 
 void Looper::answer(std::uint64_t generation, const std::string& line) {

@@ -6,6 +6,8 @@
 #include "supervisor/bus-api.hpp"
 #include "core/varsfile.hpp"
 
+#include "core/event-names.hpp"
+
 #include "build-config.h"
 
 #include <systemd/sd-daemon.h>
@@ -13,6 +15,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -193,9 +196,44 @@ void Manager::setup_event_loop() {
 void Manager::setup_runtime_dir() {
     runtime_dir_ = config_.runtime_dir.value_or(default_runtime_dir(options_.instance));
     make_private_dir(runtime_dir_);
+    lock_runtime_dir();
     vars_dir_ = runtime_dir_ + "/vars";
     make_private_dir(vars_dir_);
     remove_stale_vars(vars_dir_);
+}
+
+// Two supervisors sharing a runtime directory (the same instance name, a copied runtime_dir) would
+// delete each other's live vars files as stale and run jobs with the other's event data. The
+// lock is flock(2) on the directory itself, released by the kernel however we die; the pid file
+// only names the holder in the message.
+void Manager::lock_runtime_dir() {
+    UniqueFd fd(open(runtime_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) fail(errno, "opening runtime directory " + runtime_dir_);
+    std::string pid_path = runtime_dir_ + "/loopabull.pid";
+    if (flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK) fail(errno, "locking runtime directory " + runtime_dir_);
+        std::string holder = "another process";
+        if (UniqueFd pf(open(pid_path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)); pf) {
+            char buf[32] = {};
+            ssize_t n = read(pf.get(), buf, sizeof buf - 1);
+            if (n > 0) {
+                std::string text(buf, static_cast<std::size_t>(n));
+                text.erase(text.find_last_not_of("\n") + 1);
+                if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos)
+                    holder = "another loopabull (pid " + text + ")";
+            }
+        }
+        throw std::runtime_error("runtime directory " + runtime_dir_ + " is in use by " + holder +
+                                 "; one runtime directory serves one supervisor: give this one "
+                                 "another --instance or runtime_dir (nothing was changed)");
+    }
+    UniqueFd pf(
+        open(pid_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!pf) fail(errno, "writing " + pid_path);
+    auto text = std::to_string(getpid()) + "\n";
+    if (write(pf.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+        fail(errno, "writing " + pid_path);
+    runtime_lock_ = std::move(fd);
 }
 
 int Manager::run() {
@@ -215,6 +253,7 @@ int Manager::run() {
     status_changed();
     if (notify_) sd_notify(0, "READY=1\nSTATUS=Running");
     int r = sd_event_loop(event_.get());
+    flush_rate_limits();
     if (r < 0) fail(r, "event loop");
     return r;
 }
@@ -272,13 +311,8 @@ std::optional<ScopeMode> Manager::scope_mode(const ExecutorConfig& e) {
     if (e.type != "scope") return std::nullopt;
     if (scope_user_manager_ && *scope_user_manager_ != e.user_manager)
         throw std::runtime_error("executor.manager cannot change while running; restart instead");
-    if (!scopes_) {
-        auto kind = e.user_manager ? BusKind::user : BusKind::system;
-        scope_bus_ = open_bus(kind, event_.get(), "scopes");
-        scopes_ = std::make_unique<ScopeManager>(scope_bus_.get());
-        scope_user_manager_ = e.user_manager;
-        scopes_->stop_stale(options_.instance, std::chrono::seconds(30));
-    }
+    if (!scopes_) connect_scopes(e);
+    if (!scopes_) return std::nullopt; // on_scope_failure: direct, until the manager is back
     ScopeMode mode;
     mode.scopes = scopes_.get();
     mode.instance = options_.instance;
@@ -291,6 +325,44 @@ std::optional<ScopeMode> Manager::scope_mode(const ExecutorConfig& e) {
     p.cpu_quota_per_sec_usec = e.cpu_quota_per_sec_usec;
     p.binds_to = ScopeManager::own_unit(e.user_manager);
     return mode;
+}
+
+// Connects to the manager that makes our scopes. When it cannot be reached and on_scope_failure is
+// direct, jobs run without a scope meanwhile (loopabull(8)), the error is in the log and the
+// status, and retry_scopes() tries again before jobs start; otherwise the error propagates (a
+// failed start or reload).
+void Manager::connect_scopes(const ExecutorConfig& e) {
+    auto which = std::string(e.user_manager ? "user" : "system");
+    try {
+        auto kind = e.user_manager ? BusKind::user : BusKind::system;
+        auto bus = open_bus(kind, event_.get(), "scopes");
+        auto scopes = std::make_unique<ScopeManager>(bus.get());
+        scopes->stop_stale(options_.instance, std::chrono::seconds(30));
+        scope_bus_ = std::move(bus);
+        scopes_ = std::move(scopes);
+        scope_user_manager_ = e.user_manager;
+        if (!scope_error_.empty())
+            spdlog::info("the {} manager is reachable again: jobs run in scopes", which);
+        scope_error_.clear();
+    } catch (const std::exception& ex) {
+        if (!e.fallback_direct) throw;
+        if (scope_error_.empty())
+            spdlog::error("cannot reach the {} manager for scopes: {}; RUNNING JOBS WITHOUT A "
+                          "SCOPE (executor.on_scope_failure: direct) until it is back",
+                          which, ex.what());
+        scope_error_ = "no scopes (" + which + " manager unreachable: " + ex.what() + ")";
+        scope_retry_at_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    }
+}
+
+// At most every 10 s, and only when a job is about to start: an unreachable manager costs
+// nothing while idle.
+void Manager::retry_scopes() {
+    if (scope_error_.empty() || config_.executor.type != "scope") return;
+    if (std::chrono::steady_clock::now() < scope_retry_at_) return;
+    connect_scopes(config_.executor);
+    if (scopes_) executor_->set_scope_mode(scope_mode(config_.executor));
+    status_changed();
 }
 
 void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
@@ -452,10 +524,29 @@ void Manager::looper_line(Looper& looper, const LineReader::Line& line) {
         route(looper, std::move(std::get<Event>(parsed)));
 }
 
+bool Manager::may_log(LogRateLimit& limit, std::string_view what) {
+    auto verdict = limit.check(std::chrono::steady_clock::now());
+    if (verdict.suppressed)
+        spdlog::warn("suppressed {} similar messages ({}) in the last seconds", verdict.suppressed,
+                     what);
+    return verdict.log;
+}
+
+void Manager::flush_rate_limits() {
+    if (auto n = rejected_log_.flush())
+        spdlog::warn("suppressed {} similar messages (rejected events) in the last seconds", n);
+    if (auto n = unrouted_log_.flush())
+        spdlog::warn("suppressed {} similar messages (unrouted events) in the last seconds", n);
+    if (auto n = refused_log_.flush())
+        spdlog::warn("suppressed {} similar messages (refused D-Bus calls) in the last seconds", n);
+}
+
 void Manager::reject(Looper& looper, const std::optional<json>& id, const std::string& reason) {
     ++counters_.events_rejected;
-    spdlog::warn("looper {}: rejected an event: {}{}", looper.name(), reason,
-                 id ? "" : " (no readable id, so no answer)");
+    // A looper relays what anyone sends it: these lines are the outsiders', limited and escaped.
+    if (may_log(rejected_log_, "rejected events"))
+        spdlog::warn("looper {}: rejected an event: {}{}", looper.name(), loggable(reason),
+                     id ? "" : " (no readable id, so no answer)");
     answer(looper.name(), looper.generation(), id, Result::rejected, std::nullopt, reason);
 }
 
@@ -471,14 +562,36 @@ void Manager::route(Looper& looper, Event ev) {
                             config_.ansible.layout);
     if (pb.status == PlaybookLookup::Status::missing) {
         ++counters_.events_unrouted;
-        spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
+        // Anyone who can send events can send keys without a playbook: limited too.
+        if (may_log(unrouted_log_, "unrouted events"))
+            spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
+    }
+    if (pb.status == PlaybookLookup::Status::error) {
+        // Our environment's fault (playbooks_dir unreadable, say), not the event's: retryable.
+        ++counters_.jobs_failed;
+        spdlog::error("{}: cannot open playbook {}: {}", ev.routing_key, pb.path, pb.detail);
+        return answer(looper.name(), looper.generation(), ev.id, Result::failed, std::nullopt,
+                      "cannot open playbook " + pb.path + ": " + pb.detail);
     }
     if (pb.status != PlaybookLookup::Status::found) {
         ++counters_.events_rejected;
-        spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, pb.path, pb.detail);
+        if (may_log(rejected_log_, "rejected events"))
+            spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, pb.path, pb.detail);
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
                       "playbook " + pb.detail);
+    }
+    if (!config_.ansible.event_variable) {
+        // The top-level form: a key Ansible gives meaning to would steer the play.
+        for (auto& [key, value] : ev.body.items()) {
+            auto err = top_level_key_error(key);
+            if (!err) continue;
+            ++counters_.events_rejected;
+            if (may_log(rejected_log_, "rejected events"))
+                spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(*err));
+            return answer(looper.name(), looper.generation(), ev.id, Result::rejected,
+                          std::nullopt, *err + " (ansible.event_variable: top-level)");
+        }
     }
     Job job{next_job_++,   std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
             looper.name(), looper.generation(),       std::move(pb.path), {},
@@ -505,6 +618,7 @@ void Manager::answer(const std::string& looper, std::uint64_t generation,
 
 void Manager::start_jobs() {
     if (stopping_) return;
+    if (scheduler_.queued() > 0) retry_scopes();
     while (auto id = scheduler_.next()) {
         auto& job = jobs_.at(*id);
         job.admitted = true;
@@ -515,6 +629,7 @@ void Manager::start_jobs() {
 std::optional<std::string> Manager::write_vars(Job& job) {
     VarsOptions vo;
     vo.trusted = config_.ansible.trusted_payloads;
+    vo.event_variable = config_.ansible.event_variable;
     vo.own = {{"loopabull_routing_key", job.routing_key},
               {"loopabull_job_id", std::to_string(job.id)},
               {"loopabull_instance", options_.instance},
@@ -572,10 +687,15 @@ std::optional<std::string> Manager::launch(Job& job) {
     return std::nullopt;
 }
 
-void Manager::complete(JobId id, const Outcome& outcome) {
+void Manager::complete(JobId id, const Outcome& given) {
     auto node = jobs_.extract(id);
     if (node.empty()) return;
     Job& job = node.mapped();
+    Outcome outcome = given;
+    if (!job.aborted_by.empty() && outcome.result == Result::cancelled) {
+        outcome.result = Result::aborted;
+        outcome.error = "cancelled by " + job.aborted_by;
+    }
     if (!job.vars_path.empty() && unlink(job.vars_path.c_str()) < 0)
         spdlog::error("job {}: cannot remove vars file {}: {}", id, job.vars_path,
                       std::strerror(errno));
@@ -586,7 +706,8 @@ void Manager::complete(JobId id, const Outcome& outcome) {
         ++counters_.jobs_succeeded;
     else
         ++counters_.jobs_failed;
-    if (outcome.result == Result::succeeded || outcome.result == Result::cancelled)
+    if (outcome.result == Result::succeeded || outcome.result == Result::cancelled ||
+        outcome.result == Result::aborted)
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
@@ -650,10 +771,12 @@ std::optional<JobInfo> Manager::job(JobId id) const {
     return std::nullopt;
 }
 
-bool Manager::cancel_job(JobId id) {
+bool Manager::cancel_job(JobId id, std::string_view by) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return false;
-    spdlog::info("job {} ({}): cancel requested", id, it->second.routing_key);
+    it->second.aborted_by = std::string(by);
+    spdlog::info("job {} ({}): cancel requested by {}", id, it->second.routing_key,
+                 it->second.aborted_by);
     if (it->second.admitted) return executor_->cancel(id);
     scheduler_.remove_queued(id);
     complete(id, {Result::cancelled, std::nullopt, {}, {}});
@@ -711,9 +834,10 @@ int Manager::on_status_timer(sd_event_source*, uint64_t, void* userdata) noexcep
 void Manager::send_status() {
     status_dirty_ = false;
     auto status =
-        fmt::format("STATUS={}: {} running, {} queued, {} succeeded, {} failed, {} rejected",
+        fmt::format("STATUS={}: {} running, {} queued, {} succeeded, {} failed, {} rejected{}{}",
                     to_string(state()), scheduler_.running(), scheduler_.queued(),
-                    counters_.jobs_succeeded, counters_.jobs_failed, counters_.events_rejected);
+                    counters_.jobs_succeeded, counters_.jobs_failed, counters_.events_rejected,
+                    scope_error_.empty() ? "" : "; ", scope_error_);
     sd_notify(0, status.c_str());
 }
 

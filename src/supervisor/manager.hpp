@@ -12,6 +12,8 @@
 #include "supervisor/sd-ptr.hpp"
 #include "core/unique-fd.hpp"
 
+#include "core/log-safe.hpp"
+
 #include <deque>
 #include <map>
 #include <memory>
@@ -76,6 +78,7 @@ struct Job {
     std::string playbook;
     std::string vars_path; // set once written
     bool admitted = false; // holds one of the scheduler's running slots
+    std::string aborted_by{}; // set when an operator cancelled it: its result is then "aborted"
     std::uint64_t queued_usec = 0;
     std::uint64_t started_usec = 0;
 };
@@ -85,7 +88,7 @@ struct Counters {
     std::uint64_t events_rejected = 0;
     std::uint64_t events_unrouted = 0;
     std::uint64_t jobs_succeeded = 0;
-    std::uint64_t jobs_failed = 0; // failed, timeout and cancelled
+    std::uint64_t jobs_failed = 0; // failed, timeout, cancelled and aborted
 };
 
 class Manager final : public LooperHost, public ExecutorHost {
@@ -111,8 +114,13 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::vector<LooperInfo> loopers() const;
     std::vector<JobInfo> jobs() const;          // queued and running
     std::optional<JobInfo> job(JobId id) const; // also recently finished ones
-    // A queued job is answered "cancelled" at once; a running one is stopped.
-    bool cancel_job(JobId id);
+    // An operator's cancel: a queued job is answered "aborted" at once; a running one is stopped
+    // and answered "aborted" when it has ended. `by` names who asked, for the answer's reason and
+    // the log: text already safe to log (escape_for_log applied to what came from outside).
+    bool cancel_job(JobId id, std::string_view by = "an operator");
+    // Whether a line about a refused D-Bus call may be logged now (20 every 10 s; the next line
+    // says how many were suppressed): callers are outsiders, who must not flood the journal.
+    bool may_log_refused_call() { return may_log(refused_log_, "refused D-Bus calls"); }
     void pause(); // no new events are taken; running jobs go on
     void resume();
     // The problems that kept the new configuration from being applied; empty on success.
@@ -149,6 +157,12 @@ class Manager final : public LooperHost, public ExecutorHost {
     void send_status();
     JobInfo info(const Job& job) const;
     void remember(JobInfo finished);
+    void lock_runtime_dir();
+    void connect_scopes(const ExecutorConfig& e);
+    void retry_scopes();
+    // Whether a line an outsider caused may be logged now; says first how many were suppressed.
+    bool may_log(LogRateLimit& limit, std::string_view what);
+    void flush_rate_limits();
 
     ManagerOptions options_;
     Config config_;
@@ -161,6 +175,15 @@ class Manager final : public LooperHost, public ExecutorHost {
     BusPtr scope_bus_; // to the manager that makes our scopes
     std::unique_ptr<ScopeManager> scopes_;
     std::optional<bool> scope_user_manager_; // which manager scopes_ talks to
+    // Why scopes_ could not be made (on_scope_failure: direct runs jobs without one meanwhile).
+    std::string scope_error_;
+    std::chrono::steady_clock::time_point scope_retry_at_{};
+    UniqueFd runtime_lock_; // flock(2)ed: one supervisor per runtime directory
+    // Log lines that outsiders cause: bad events (per looper would let one looper hide another's
+    // lines; a total is what protects the journal), refused calls and looper stderr.
+    LogRateLimit rejected_log_{20, std::chrono::seconds(10)};
+    LogRateLimit refused_log_{20, std::chrono::seconds(10)};
+    LogRateLimit unrouted_log_{20, std::chrono::seconds(10)};
     std::map<std::string, std::unique_ptr<Looper>> loopers_;
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;

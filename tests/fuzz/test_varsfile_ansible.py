@@ -17,11 +17,12 @@ pytestmark = pytest.mark.skipif(not DUMP, reason="LOOPABULL_FUZZ_VARS_DUMP not s
 
 
 def strings_not_unsafe(value, where="$"):
-    """Where a str that is not AnsibleUnsafe sits in value. The top-level loopabull_* keys are
-    loopabull's own names (events cannot set them), written plain; their values are tagged."""
+    """Where a str that is not AnsibleUnsafe sits in value. The top-level loopabull_* keys and
+    `event` are loopabull's own names (events cannot set them), written plain; their values are
+    tagged."""
     if isinstance(value, dict):
         for k, v in value.items():
-            if not (where == "$" and k.startswith("loopabull_")):
+            if not (where == "$" and (k.startswith("loopabull_") or k == "event")):
                 yield from strings_not_unsafe(k, f"{where} key {k!r}")
             yield from strings_not_unsafe(v, f"{where}[{k!r}]")
     elif isinstance(value, list):

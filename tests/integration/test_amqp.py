@@ -30,10 +30,11 @@ class Loader(yaml.SafeLoader):
 Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
 path = next(a[1:] for a in sys.argv if a.startswith("@"))
 v = yaml.load(open(path), Loader)
-msg = v.get("msg") or {}
-rec = {"key": v["loopabull_routing_key"], "id": v.get("id"), "event": v["loopabull_event_id"],
-       "instance": v["loopabull_instance"], "msg": msg, "headers": v.get("headers"),
-       "topic": v.get("topic"), "pid": os.getpid()}
+b = v.get("event", v)  # the body: one variable, or top-level under a 0.0.7 config
+msg = b.get("msg") or {}
+rec = {"key": v["loopabull_routing_key"], "id": b.get("id"), "event": v["loopabull_event_id"],
+       "instance": v["loopabull_instance"], "msg": msg, "headers": b.get("headers"),
+       "topic": b.get("topic"), "pid": os.getpid()}
 def record(stage):
     with open(RECORD, "a") as f:
         f.write(json.dumps({**rec, "stage": stage, "t": time.time()}) + "\n")

@@ -369,10 +369,13 @@ def test_pause_lets_running_jobs_finish_and_cancel_stops_one(bus, instance):
     assert inst.job(1)["state"] == "running"  # pausing does not touch running jobs
     t0 = time.monotonic()
     assert inst.call("CancelJob", "t", 1) == []
-    assert inst.answer("slow", timeout=15) == {"id": "slow", "result": "cancelled", "exit_code": 128 + 15}
+    # An operator's cancel is final: "aborted" (a shutdown's "cancelled" puts the event back).
+    answer = inst.answer("slow", timeout=15)
+    assert answer["result"] == "aborted" and answer["exit_code"] == 128 + 15, answer
+    assert answer["reason"].startswith("cancelled by uid "), answer
     assert time.monotonic() - t0 < 10
     job = inst.job(1)
-    assert (job["state"], job["result"], job["exit_code"]) == ("finished", "cancelled", 143)
+    assert (job["state"], job["result"], job["exit_code"]) == ("finished", "aborted", 143)
     assert bus.get(inst.name, "JobsFailed") == 1
     assert bus.call_error(inst.name, "CancelJob", "uint64:1")[0] == "org.loopabull.Loopabull1.NoSuchJob"
     assert bus.call_error(inst.name, "CancelJob", "uint64:77")[0] == "org.loopabull.Loopabull1.NoSuchJob"
@@ -387,10 +390,11 @@ def test_cancel_of_a_queued_job(bus, instance):
     [jobs] = inst.call("ListJobs")
     assert [(j[0], j[2], j[4]) for j in jobs] == [(1, "running", jobs[0][4]), (2, "queued", 0)]
     inst.call("CancelJob", "t", 2)
-    assert inst.answer("queued") == {"id": "queued", "result": "cancelled", "exit_code": None}
+    queued = inst.answer("queued")
+    assert (queued["result"], queued["exit_code"]) == ("aborted", None), queued
     assert inst.job(2)["exit_code"] == -1
     inst.call("CancelJob", "t", 1)
-    assert inst.answer("running")["result"] == "cancelled"
+    assert inst.answer("running")["result"] == "aborted"
 
 
 def test_reload_applies_a_new_routing_key(bus, instance):
@@ -562,7 +566,7 @@ def test_loopabullctl_status_jobs_and_job(bus, instance):
     assert bus.ctl("-i", "dbus-test", "resume", check=True).stdout == ""
     assert bus.ctl("-i", "dbus-test", "reload", check=True).stdout == ""
     assert bus.ctl("-i", "dbus-test", "cancel", "2", check=True).stdout == ""
-    assert inst.answer("s")["result"] == "cancelled"
+    assert inst.answer("s")["result"] == "aborted"
     r = bus.ctl("-i", "dbus-test", "cancel", "2")
     assert r.returncode == 5 and "No job 2 in instance dbus-test" in r.stderr, r
     r = bus.ctl("-i", "dbus-test", "job", "42")

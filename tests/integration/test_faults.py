@@ -269,7 +269,7 @@ IGNORE_TERM = LOCAL_PLAY + """\
         trap '' TERM
         sleep 300 &
         (sleep 301; true) &
-        echo $$ > {{ out_dir }}/tree-ready
+        echo $$ > {{ event.out_dir }}/tree-ready
         while :; do sleep 1; done
 """
 
@@ -432,8 +432,9 @@ def test_disk_full_while_writing_a_vars_file(workdir, supervisor, small_tmpfs, f
     wait_until(lambda: len(read_answers(answers)) == 2, 30, what="both answers")
     got = {a["id"]: a for a in read_answers(answers)}
     vars_path = small_tmpfs / "vars" / "job-1.yml"
-    assert got["big"] == {"id": "big", "result": "failed", "exit_code": None,
-                          "error": f"cannot write vars file {vars_path}: No space left on device"}
+    reason = f"cannot write vars file {vars_path}: No space left on device"
+    assert got["big"] == {"id": "big", "result": "failed", "exit_code": None, "error": reason,
+                          "reason": reason}
     assert got["small"] == {"id": "small", "result": "succeeded", "exit_code": 0}
     assert f"job 1 (good.key) failed: cannot write vars file {vars_path}" in sup.log
     assert os.listdir(small_tmpfs / "vars") == []  # the partial file went with the job
@@ -445,10 +446,10 @@ def test_disk_full_while_writing_a_vars_file(workdir, supervisor, small_tmpfs, f
 
 ECHO = LOCAL_PLAY + """\
     - debug:
-        msg: "{{ title }} {{ nested }} {{ loopabull_event_id }}"
+        msg: "{{ event.title }} {{ event.nested }} {{ loopabull_event_id }}"
     - copy:
-        dest: "{{ out_dir }}/{{ loopabull_job_id }}.json"
-        content: "{{ {'title': title, 'nested': nested, 'id': loopabull_event_id,
+        dest: "{{ event.out_dir }}/{{ loopabull_job_id }}.json"
+        content: "{{ {'title': event.title, 'nested': event.nested, 'id': loopabull_event_id,
                       'key': loopabull_routing_key} | to_json }}"
 """
 # Lines of `strace -ff -y` (one file per process): syscall(args) = result

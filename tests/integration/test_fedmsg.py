@@ -22,8 +22,8 @@ RECORD = """\
   gather_facts: false
   tasks:
     - copy:
-        dest: "{{ msg.out_dir }}/{{ msg.n }}.json"
-        content: "{{ {'topic': topic, 'msg': msg, 'msg_id': msg_id,
+        dest: "{{ event.msg.out_dir }}/{{ event.msg.n }}.json"
+        content: "{{ {'topic': event.topic, 'msg': event.msg, 'msg_id': event.msg_id,
                       'event_id': loopabull_event_id} | to_json }}"
 """
 

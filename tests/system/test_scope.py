@@ -195,8 +195,8 @@ def test_killed_supervisor_leaves_no_playbook_and_the_event_runs_again(installed
     d = Deployment(installed_machine, manager)
     installed_machine.write_file(f"{BASE}/playbooks/sys.crash.yml",
                                  "- hosts: localhost\n  connection: local\n  gather_facts: false\n"
-                                 "  tasks:\n    - shell: \"if [ ! -e {{ out_dir }}/ran-once ]; then "
-                                 "touch {{ out_dir }}/ran-once; sleep 600; fi\"\n")
+                                 "  tasks:\n    - shell: \"if [ ! -e {{ event.out_dir }}/ran-once ]; then "
+                                 "touch {{ event.out_dir }}/ran-once; sleep 600; fi\"\n")
     d.start()
     d.drop("sys.crash", {})
     d.wait(lambda: d.processes("sleep 600"), "the job's sleep")

@@ -42,7 +42,7 @@ PLAYBOOKS = {
     "test.slow": """- hosts: localhost
   gather_facts: false
   tasks:
-    - ansible.builtin.command: "sleep {{ seconds | default(60) }}"
+    - ansible.builtin.command: "sleep {{ event.seconds | default(60) }}"
 """,
 }
 

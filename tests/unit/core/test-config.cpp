@@ -138,6 +138,7 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
     EXPECT_EQ(a.cfg_file_path, std::nullopt);
     EXPECT_EQ(a.inventory, std::nullopt);
     EXPECT_FALSE(a.trusted_payloads);
+    EXPECT_EQ(a.event_variable, "event"); // the body is one variable by default
     EXPECT_TRUE(a.environment.empty());
 
     expect_executor(c.executor, 4, 1000, 25min, 10s, 5min);
@@ -321,6 +322,7 @@ ansible:
   modules_dir: library
 )");
     EXPECT_EQ(c.dialect, "legacy-readme");
+    EXPECT_EQ(c.ansible.event_variable, std::nullopt); // the original's top-level form
     EXPECT_EQ(c.routing_keys, (std::vector<std::string>{"org.example.hello", "org.example.#"}));
     ASSERT_EQ(c.loopers.size(), 1u);
     EXPECT_EQ(c.loopers[0].name, "fedmsg");
@@ -370,6 +372,7 @@ plugins:
     name: rkdirectory
 )");
     EXPECT_EQ(c.dialect, "legacy-0.0.7");
+    EXPECT_EQ(c.ansible.event_variable, std::nullopt);
     EXPECT_EQ(c.loglevel, LogLevel::debug);
     EXPECT_EQ(c.routing_keys, std::vector<std::string>{"org.example.#"});
     ASSERT_EQ(c.loopers.size(), 1u);
@@ -537,6 +540,12 @@ INSTANTIATE_TEST_SUITE_P(
         ansible_case("InventoryList", "  inventory: [a]\n", "'inventory' must be a string"),
         ansible_case("TrustedMaybe", "  trusted_payloads: maybe\n",
                      "'trusted_payloads' must be true or false, not 'maybe'"),
+        ansible_case("EventVariableTaken", "  event_variable: hostvars\n",
+                     "'event_variable': 'hostvars' is taken: a name Ansible gives meaning to "
+                     "(or 'top-level')"),
+        ansible_case("EventVariableNotAName", "  event_variable: a.b\n",
+                     "'event_variable': 'a.b' is not a variable name (letters, digits and '_', "
+                     "not starting with a digit) (or 'top-level')"),
         ansible_case("TrustedYes", "  trusted_payloads: yes\n",
                      "'trusted_payloads' must be true or false, not 'yes'"),
         ansible_case("EnvironmentList", "  environment: [A=1]\n",

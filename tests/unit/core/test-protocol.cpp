@@ -242,7 +242,28 @@ TEST(FormatAnswer, ExitCodeIsNullWhenNoneGiven) {
 TEST(FormatAnswer, RejectedCarriesError) {
     EXPECT_EQ(answer_of(format_answer("r", Result::rejected, std::nullopt, "missing \"body\"")),
               json::parse(R"({"id": "r", "result": "rejected", "exit_code": null,
-                              "error": "missing \"body\""})"));
+                              "error": "missing \"body\"", "reason": "missing \"body\""})"));
+}
+
+TEST(FormatAnswer, AbortedIsAResultOfItsOwn) {
+    EXPECT_EQ(to_string(Result::aborted), "aborted");
+    EXPECT_EQ(answer_of(format_answer(5, Result::aborted, 143, "cancelled by uid 0")),
+              json::parse(R"({"id": 5, "result": "aborted", "exit_code": 143,
+                              "error": "cancelled by uid 0", "reason": "cancelled by uid 0"})"));
+}
+
+TEST(ParseEvent, IntegersBeyond64BitsStayExact) {
+    auto parsed = parse_event(R"({"routing_key": "a", "body": {"big": 18446744073709551616}})");
+    auto* ev = std::get_if<Event>(&parsed);
+    ASSERT_NE(ev, nullptr);
+    EXPECT_TRUE(ev->body["big"].is_binary());
+}
+
+TEST(ParseEvent, AnInvalidRoutingKeyIsQuotedEscaped) {
+    auto parsed = parse_event(R"({"routing_key": "a\nFORGED\u001b[2J", "id": 1})");
+    auto* r = std::get_if<Rejection>(&parsed);
+    ASSERT_NE(r, nullptr);
+    EXPECT_NE(r->reason.find("'a\\nFORGED\\x1B[2J'"), std::string::npos) << r->reason;
 }
 
 TEST(FormatAnswer, InvalidUtf8InErrorIsReplacedNotThrown) {

@@ -3,6 +3,8 @@
 // event string tagged !unsafe unless payloads are trusted.
 #include "core/varsfile.hpp"
 
+#include "core/exact-json.hpp"
+
 #include "tempdir.hpp"
 
 #include <gtest/gtest.h>
@@ -23,8 +25,10 @@ using loopabull::test::TempDir;
 
 namespace {
 
-const VarsOptions kUntrusted{};
-const VarsOptions kTrusted{.trusted = true, .own = {}};
+// Most tests look at how values are written, in the top-level form (each body key on its own
+// line); the namespaced default is tested on its own below.
+const VarsOptions kUntrusted{.trusted = false, .event_variable = std::nullopt, .own = {}};
+const VarsOptions kTrusted{.trusted = true, .event_variable = std::nullopt, .own = {}};
 
 // The top-level entries of a vars file, each "KEY: VALUE". Every key is written explicitly,
 // "? KEY" on one line and ": VALUE" on the next (YAML limits implicit keys to 1024 characters);
@@ -189,8 +193,9 @@ TEST(RenderVars, OutputIsPrintableAscii) {
                 all += static_cast<char>(0x80 | (cp & 0x3F));
     }
     all += "\xE2\x80\xA8\xEF\xBF\xBF\xF0\x9F\x98\x80";
-    auto rendered = render_vars({{all, all}, {"list", {all, {{all, all}}}}},
-                                {.trusted = false, .own = {{"loopabull_event_id", all}}});
+    auto rendered = render_vars(
+        {{all, all}, {"list", {all, {{all, all}}}}},
+        {.trusted = false, .event_variable = std::nullopt, .own = {{"loopabull_event_id", all}}});
     EXPECT_TRUE(printable_ascii(rendered));
 }
 
@@ -202,6 +207,7 @@ TEST(RenderVars, OneTopLevelKeyPerLine) {
 TEST(RenderVars, OwnVariablesComeLastAndWin) {
     auto body = json::parse(R"({"loopabull_job_id": "forged", "x": 1, "loopabull_looper": 2})");
     VarsOptions options{.trusted = false,
+                        .event_variable = std::nullopt,
                         .own = {{"loopabull_routing_key", "a.b"},
                                 {"loopabull_job_id", "7"},
                                 {"loopabull_looper", "spool"}}};
@@ -213,9 +219,34 @@ TEST(RenderVars, OwnVariablesComeLastAndWin) {
 
 TEST(RenderVars, OwnValuesAreTaggedEvenWhenTrusted) {
     // loopabull_routing_key and loopabull_event_id come from the event.
-    VarsOptions options{.trusted = true, .own = {{"loopabull_event_id", "{{ x }}"}}};
+    VarsOptions options{.trusted = true,
+                        .event_variable = std::nullopt,
+                        .own = {{"loopabull_event_id", "{{ x }}"}}};
     EXPECT_EQ(body_lines(render_vars(json::object(), options)),
               std::vector<std::string>{R"(loopabull_event_id: !unsafe "{{ x }}")"});
+}
+
+TEST(RenderVars, TheBodyIsOneVariableByDefault) {
+    auto body = json::parse(R"({"ansible_python_interpreter": "x", "loopabull_job_id": "forged"})");
+    VarsOptions options{.own = {{"loopabull_job_id", "7"}}};
+    auto rendered = render_vars(body, options);
+    EXPECT_NE(rendered.find("\nevent: {? !unsafe \"ansible_python_interpreter\": !unsafe \"x\", "
+                            "? !unsafe \"loopabull_job_id\": !unsafe \"forged\"}\n"),
+              std::string::npos)
+        << rendered;
+    EXPECT_NE(rendered.find("\nloopabull_job_id: !unsafe \"7\"\n"), std::string::npos);
+    options.event_variable = "message";
+    EXPECT_NE(render_vars(body, options).find("\nmessage: {"), std::string::npos);
+}
+
+TEST(RenderVars, BigIntegersAreWrittenAsTheirLiteral) {
+    std::string err;
+    auto body = parse_exact_json(
+        R"({"big": 18446744073709551616, "neg": -123456789012345678901234567890})", &err);
+    ASSERT_TRUE(body) << err;
+    EXPECT_EQ(body_lines(render_vars(*body, kUntrusted)),
+              (std::vector<std::string>{R"(!unsafe "big": 18446744073709551616)",
+                                        R"(!unsafe "neg": -123456789012345678901234567890)"}));
 }
 
 // --- reading the file back with PyYAML ---
@@ -287,6 +318,7 @@ bool python_yaml_available() {
 
 // The variables a playbook should see: the body, with the own variables replacing its keys.
 json expected_vars(json body, const VarsOptions& options) {
+    if (options.event_variable) body = json::object({{*options.event_variable, body}});
     for (auto& [k, v] : options.own)
         body[k] = v;
     return body;
@@ -329,6 +361,7 @@ json rich_body() {
 }
 
 const VarsOptions kOwn{.trusted = false,
+                       .event_variable = std::nullopt,
                        .own = {{"loopabull_routing_key", "org.example.hello"},
                                {"loopabull_job_id", "12"},
                                {"loopabull_event_id", "caf\xC3\xA9 \"42\""}}};
@@ -342,6 +375,12 @@ TEST_F(PyYamlRoundTrip, UntrustedBodyReadsBackExactly) {
 TEST_F(PyYamlRoundTrip, TrustedBodyReadsBackExactly) {
     auto options = kOwn;
     options.trusted = true;
+    EXPECT_EQ(python_round_trip(rich_body(), options), 0);
+}
+
+TEST_F(PyYamlRoundTrip, TheEventVariableReadsBackExactly) {
+    auto options = kOwn;
+    options.event_variable = "event";
     EXPECT_EQ(python_round_trip(rich_body(), options), 0);
 }
 
