@@ -11,6 +11,8 @@
 #include "supervisor/scope.hpp"
 #include "supervisor/sd-ptr.hpp"
 #include "core/unique-fd.hpp"
+#include "supervisor/cgroup.hpp"
+#include "supervisor/proc-tree.hpp"
 
 #include <deque>
 #include <map>
@@ -46,6 +48,9 @@ struct JobInfo {
     std::uint64_t finished_usec = 0;
     std::optional<Result> result;
     std::optional<int> exit_code;
+    // Why a finished job did not succeed, as the log says it: "exit code 2", "timed out after
+    // 30min", "cannot create scope ...: ..."; empty otherwise.
+    std::string error;
 };
 
 struct LooperInfo {
@@ -132,6 +137,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::vector<std::string> load_and_apply();
     void apply_loopers(const std::vector<LooperConfig>& wanted);
     std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
+    std::optional<CgroupMode> cgroup_mode(const ExecutorConfig& e);
+    void setup_containment();
     void begin_stop();
     void stop_loopers();
 
@@ -161,6 +168,9 @@ class Manager final : public LooperHost, public ExecutorHost {
     BusPtr scope_bus_; // to the manager that makes our scopes
     std::unique_ptr<ScopeManager> scopes_;
     std::optional<bool> scope_user_manager_; // which manager scopes_ talks to
+    std::optional<CgroupTree> cgroup_tree_;  // our delegated cgroup, set up
+    std::string no_cgroup_reason_;           // why there is none
+    std::unique_ptr<ProcessRecords> records_;
     std::map<std::string, std::unique_ptr<Looper>> loopers_;
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;

@@ -234,7 +234,7 @@ TEST(Config, ScopeExecutorAndSandboxKeys) {
 
 TEST(Config, ScopeAndSandboxDefaults) {
     auto e = parsed(config_with()).executor;
-    EXPECT_EQ(e.type, "direct");
+    EXPECT_EQ(e.type, "auto");
     EXPECT_FALSE(e.user_manager);
     EXPECT_EQ(e.slice, "loopabull.slice");
     EXPECT_EQ(e.memory_max, std::optional<std::uint64_t>(std::uint64_t(2) << 30));
@@ -548,7 +548,7 @@ INSTANTIATE_TEST_SUITE_P(
         ansible_case("EnvironmentValueMapping", "  environment: {A: {b: c}}\n",
                      "'A' must be a string"),
         executor_case("ExecutorType", "  type: chroot\n",
-                      "executor type must be direct or scope, not 'chroot'"),
+                      "executor type must be auto, direct, cgroup or scope, not 'chroot'"),
         executor_case("Manager", "  manager: session\n", "'manager' must be system or user, not 'session'"),
         executor_case("Slice", "  slice: jobs\n", "'slice' must name a .slice unit, not 'jobs'"),
         executor_case("CpuQuota", "  cpu_quota: 50\n",
