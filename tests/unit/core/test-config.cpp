@@ -85,9 +85,9 @@ std::vector<ConfigError> errors_of(const std::string& text,
     return load.errors;
 }
 
-void expect_executor(const ExecutorConfig& e, unsigned max_parallel, std::size_t queue_size,
-                     usec timeout, usec kill_grace, usec stop_timeout) {
-    EXPECT_EQ(e.type, "direct");
+void expect_executor(const ExecutorConfig& e, const char* type, unsigned max_parallel,
+                     std::size_t queue_size, usec timeout, usec kill_grace, usec stop_timeout) {
+    EXPECT_EQ(e.type, type);
     EXPECT_EQ(e.max_parallel, max_parallel);
     EXPECT_EQ(e.queue_size, queue_size);
     EXPECT_EQ(e.timeout, timeout);
@@ -140,7 +140,7 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
     EXPECT_FALSE(a.trusted_payloads);
     EXPECT_TRUE(a.environment.empty());
 
-    expect_executor(c.executor, 4, 1000, 30min, 10s, 5min);
+    expect_executor(c.executor, "auto", 4, 1000, 30min, 10s, 5min);
 }
 
 TEST(Config, EveryKeyIsRead) {
@@ -211,7 +211,7 @@ executor:
               (std::vector<std::pair<std::string, std::string>>{
                   {"ANSIBLE_FORCE_COLOR", "0"}, {"http_proxy", "http://proxy:3128"}}));
 
-    expect_executor(c.executor, 1024, 1, 24h, 30s, 90min);
+    expect_executor(c.executor, "direct", 1024, 1, 24h, 30s, 90min);
 }
 
 TEST(Config, ScopeExecutorAndSandboxKeys) {
