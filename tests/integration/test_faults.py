@@ -502,7 +502,8 @@ def test_sigkill_the_supervisor_during_200_spool_events(workdir, figures):
         landed_in_jobs += running > 0
         tree = descendants(sup.proc.pid)
         sup.kill()
-        # The looper and the jobs die with the supervisor (PR_SET_PDEATHSIG).
+        # The looper dies with the supervisor (PR_SET_PDEATHSIG); the jobs (50 ms) end by
+        # themselves (a longer one would be killed by the next start, from its record).
         wait_until(lambda: not [p for p in tree if alive(p)] and not leftovers(workdir), 5,
                    what=f"no process left after kill {k + 1}")
         processes_seen += len(tree)
