@@ -413,19 +413,32 @@ class Bench:
         self.record("startup", "exec_to_ready_ms", times, "ms", "< 50", lambda v: v < 50)
 
     # 3. scope executor
-    def scope(self):
+    def booted(self, scenario):
+        """A booted machine with the build and the bench looper installed, or None (the scenario
+        is recorded as skipped, with the reason)."""
         sys.path.insert(0, str(ROOT / "tests" / "system"))
         import machine
         reason = machine.unavailable_reason()
         if reason:
-            self.results["scope"] = {"skipped": reason}
-            self.log(f"scope: skipped: {reason}")
+            self.results[scenario] = {"skipped": reason}
+            self.log(f"{scenario}: skipped: {reason}")
+            return None
+        m = machine.Machine(build_dir=self.build, rebuild=False).start()
+        try:
+            shutil.copy(self.looper, m.path("/usr/local/bin/bench-looper"))
+            m.write_file("/srv/bench/playbooks/bench.job.yml", "")
+        except BaseException:
+            m.stop()
+            raise
+        return m
+
+    def scope(self):
+        m = self.booted("scope")
+        if m is None:
             return
         n = self.args.scope_jobs
         ratios, curve = {}, {}
-        with machine.Machine(build_dir=self.build, rebuild=False) as m:
-            shutil.copy(self.looper, m.path("/usr/local/bin/bench-looper"))
-            m.write_file("/srv/bench/playbooks/bench.job.yml", "")
+        try:
             for i in range(self.args.reps):
                 t0 = time.monotonic()
                 m.run(f"for i in $(seq {n}); do systemd-run --scope -q /bin/true; done", timeout=600)
@@ -437,6 +450,8 @@ class Bench:
                     ratios.setdefault(mp, []).append(base / per)
                     self.log(f"scope {i + 1}: systemd-run --scope {base / 1000:.1f} ms/job, "
                              f"max_parallel {mp} {per / 1000:.1f} ms/job ({base / per:.1f}x faster)")
+        finally:
+            m.stop()
         for mp, v in ratios.items():
             self.record("scope", f"max_parallel_{mp}_speedup", v, "ratio",
                         ">= 3" if mp == max(ratios) else None,
@@ -448,23 +463,19 @@ class Bench:
     # 4. cgroup executor: the same /bin/true jobs, one run of each executor in one booted machine,
     # loopabull as a service with Delegate=yes (as loopabull@.service), max_parallel 1.
     def cgroup(self):
-        sys.path.insert(0, str(ROOT / "tests" / "system"))
-        import machine
-        reason = machine.unavailable_reason()
-        if reason:
-            self.results["cgroup"] = {"skipped": reason}
-            self.log(f"cgroup: skipped: {reason}")
+        m = self.booted("cgroup")
+        if m is None:
             return
         n = self.args.scope_jobs
         per = {"direct": [], "cgroup": [], "scope": []}
-        with machine.Machine(build_dir=self.build, rebuild=False) as m:
-            shutil.copy(self.looper, m.path("/usr/local/bin/bench-looper"))
-            m.write_file("/srv/bench/playbooks/bench.job.yml", "")
+        try:
             for i in range(self.args.reps):
                 for kind in per:
                     per[kind].append(self.scope_run(m, n, 1, kind))
                 self.log(f"cgroup {i + 1}: per /bin/true job: direct {per['direct'][-1] / 1000:.2f} ms, "
                          f"cgroup {per['cgroup'][-1] / 1000:.2f} ms, scope {per['scope'][-1] / 1000:.2f} ms")
+        finally:
+            m.stop()
         vs_direct = [c / d for c, d in zip(per["cgroup"], per["direct"])]
         vs_scope = [s / c for s, c in zip(per["scope"], per["cgroup"])]
         for kind, v in per.items():

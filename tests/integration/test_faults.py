@@ -346,6 +346,16 @@ def escaper(workdir, out, **executor):
     return job
 
 
+def assert_all_gone_soon(pids):
+    """Every pid is gone within 5 s; survivors are killed so that the test leaves nothing."""
+    try:
+        wait_until(lambda: not [p for p in pids if alive(p)], 5, what="every process of the job gone")
+    finally:
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
 def pids_in(out):
     return [int(p.name.split(".")[1]) for p in (out / "pids").glob("*.*")] if (out / "pids").exists() else []
 
@@ -362,12 +372,7 @@ def test_direct_executor_kills_what_a_finished_job_left(workdir, supervisor):
     assert read_answers(answers)[0]["result"] == "succeeded"
     pids = pids_in(out)
     assert len(pids) == 4, pids
-    try:
-        wait_until(lambda: not [p for p in pids if alive(p)], 5, what="every process of the job gone")
-    finally:
-        for p in pids:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+    assert_all_gone_soon(pids)
     assert sup.stop() == 0
 
 
@@ -384,12 +389,7 @@ def test_direct_executor_cancel_reaches_every_process(workdir, supervisor):
     sup.signal(signal.SIGTERM)  # drain; stop_timeout cancels the running job
     assert sup.proc.wait(30) == 0
     assert read_answers(answers)[0]["result"] == "cancelled"
-    try:
-        wait_until(lambda: not [p for p in pids if alive(p)], 5, what="every process of the job gone")
-    finally:
-        for p in pids:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+    assert_all_gone_soon(pids)
 
 
 def next_start(workdir, cfg):
