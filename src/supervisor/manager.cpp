@@ -670,8 +670,10 @@ void Manager::complete(JobId id, const Outcome& outcome) {
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
+    // A timeout's text ("timed out after 30min") is for the log and GetJob: the answer's
+    // result already says it, and the protocol carries an error only for other results.
     answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
-           outcome.error);
+           outcome.result == Result::timeout ? std::string() : outcome.error);
     if (job.admitted) scheduler_.finished();
     auto done = info(job);
     done.state = "finished";
