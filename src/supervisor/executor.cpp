@@ -2,8 +2,8 @@
 #include "supervisor/executor.hpp"
 
 #include "supervisor/log.hpp"
-#include "supervisor/process.hpp"
 #include "supervisor/proc-tree.hpp"
+#include "supervisor/process.hpp"
 
 #include <signal.h>
 #include <sys/wait.h>

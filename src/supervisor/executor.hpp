@@ -8,10 +8,10 @@
 #include "core/protocol.hpp"
 #include "core/sandbox.hpp"
 #include "core/scheduler.hpp"
-#include "supervisor/scope.hpp"
-#include "supervisor/sd-ptr.hpp"
 #include "supervisor/cgroup.hpp"
 #include "supervisor/proc-tree.hpp"
+#include "supervisor/scope.hpp"
+#include "supervisor/sd-ptr.hpp"
 
 #include <memory>
 #include <optional>

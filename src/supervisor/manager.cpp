@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/manager.hpp"
 
+#include "core/varsfile.hpp"
+#include "supervisor/bus-api.hpp"
 #include "supervisor/bus.hpp"
 #include "supervisor/log.hpp"
-#include "supervisor/bus-api.hpp"
-#include "core/varsfile.hpp"
 
 #include "build-config.h"
 

@@ -3,16 +3,16 @@
 #pragma once
 
 #include "core/config.hpp"
-#include "supervisor/bus.hpp"
-#include "supervisor/executor.hpp"
-#include "supervisor/looper.hpp"
 #include "core/routing.hpp"
 #include "core/scheduler.hpp"
+#include "core/unique-fd.hpp"
+#include "supervisor/bus.hpp"
+#include "supervisor/cgroup.hpp"
+#include "supervisor/executor.hpp"
+#include "supervisor/looper.hpp"
+#include "supervisor/proc-tree.hpp"
 #include "supervisor/scope.hpp"
 #include "supervisor/sd-ptr.hpp"
-#include "core/unique-fd.hpp"
-#include "supervisor/cgroup.hpp"
-#include "supervisor/proc-tree.hpp"
 
 #include <deque>
 #include <map>
@@ -23,7 +23,6 @@
 #include <vector>
 
 namespace loopabull {
-
 
 struct ManagerOptions {
     std::string config_path;
