@@ -413,19 +413,32 @@ class Bench:
         self.record("startup", "exec_to_ready_ms", times, "ms", "< 50", lambda v: v < 50)
 
     # 3. scope executor
-    def scope(self):
+    def booted(self, scenario):
+        """A booted machine with the build and the bench looper installed, or None (the scenario
+        is recorded as skipped, with the reason)."""
         sys.path.insert(0, str(ROOT / "tests" / "system"))
         import machine
         reason = machine.unavailable_reason()
         if reason:
-            self.results["scope"] = {"skipped": reason}
-            self.log(f"scope: skipped: {reason}")
+            self.results[scenario] = {"skipped": reason}
+            self.log(f"{scenario}: skipped: {reason}")
+            return None
+        m = machine.Machine(build_dir=self.build, rebuild=False).start()
+        try:
+            shutil.copy(self.looper, m.path("/usr/local/bin/bench-looper"))
+            m.write_file("/srv/bench/playbooks/bench.job.yml", "")
+        except BaseException:
+            m.stop()
+            raise
+        return m
+
+    def scope(self):
+        m = self.booted("scope")
+        if m is None:
             return
         n = self.args.scope_jobs
         ratios, curve = {}, {}
-        with machine.Machine(build_dir=self.build, rebuild=False) as m:
-            shutil.copy(self.looper, m.path("/usr/local/bin/bench-looper"))
-            m.write_file("/srv/bench/playbooks/bench.job.yml", "")
+        try:
             for i in range(self.args.reps):
                 t0 = time.monotonic()
                 m.run(f"for i in $(seq {n}); do systemd-run --scope -q /bin/true; done", timeout=600)
@@ -437,6 +450,8 @@ class Bench:
                     ratios.setdefault(mp, []).append(base / per)
                     self.log(f"scope {i + 1}: systemd-run --scope {base / 1000:.1f} ms/job, "
                              f"max_parallel {mp} {per / 1000:.1f} ms/job ({base / per:.1f}x faster)")
+        finally:
+            m.stop()
         for mp, v in ratios.items():
             self.record("scope", f"max_parallel_{mp}_speedup", v, "ratio",
                         ">= 3" if mp == max(ratios) else None,
@@ -445,21 +460,48 @@ class Bench:
         self.results["scope"]["curve_jobs_per_s"] = {
             k: {mp: summary(v) for mp, v in d.items()} for k, d in curve.items()}
 
-    def scope_run(self, m, n, mp):
+    # 4. cgroup executor: the same /bin/true jobs, one run of each executor in one booted machine,
+    # loopabull as a service with Delegate=yes (as loopabull@.service), max_parallel 1.
+    def cgroup(self):
+        m = self.booted("cgroup")
+        if m is None:
+            return
+        n = self.args.scope_jobs
+        per = {"direct": [], "cgroup": [], "scope": []}
+        try:
+            for i in range(self.args.reps):
+                for kind in per:
+                    per[kind].append(self.scope_run(m, n, 1, kind))
+                self.log(f"cgroup {i + 1}: per /bin/true job: direct {per['direct'][-1] / 1000:.2f} ms, "
+                         f"cgroup {per['cgroup'][-1] / 1000:.2f} ms, scope {per['scope'][-1] / 1000:.2f} ms")
+        finally:
+            m.stop()
+        vs_direct = [c / d for c, d in zip(per["cgroup"], per["direct"])]
+        vs_scope = [s / c for s, c in zip(per["scope"], per["cgroup"])]
+        for kind, v in per.items():
+            self.record("cgroup", f"{kind}_per_job_us", v, "us",
+                        note="the same machine and run, loopabull as a service, max_parallel 1")
+        self.record("cgroup", "cgroup_vs_direct", vs_direct, "ratio", "<= 1.3", lambda x: x <= 1.3,
+                    note="time per job of the cgroup executor / the direct executor's")
+        self.record("cgroup", "scope_vs_cgroup", vs_scope, "ratio", ">= 5", lambda x: x >= 5,
+                    note="time per job of the scope executor / the cgroup executor's")
+
+    def scope_run(self, m, n, mp, kind="scope"):
         out = f"/srv/bench/out-{mp}-{time.monotonic_ns()}.json"
         cfg = {"loglevel": "info", "routing_keys": ["bench.job"], "runtime_dir": "/run/lbbench",
                "loopers": [{"name": "bench", "command": ["/usr/local/bin/bench-looper", "--count",
                                                           str(n), "--key", "bench.job", "--out", out]}],
                "ansible": {"playbooks_dir": "/srv/bench/playbooks", "playbook_cmd": ["/bin/true"]},
-               "executor": {"type": "scope", "max_parallel": mp, "allow_root": True,
+               "executor": {"type": kind, "max_parallel": mp, "allow_root": True,
                             "timeout": "10min", "stop_timeout": "5s"}}
         m.write_file("/etc/loopabull/bench.yml", json.dumps(cfg))
         m.run(["systemd-run", "--unit=lbbench.service", "-p", "Type=notify", "-p", "KillMode=mixed",
+               "-p", "Delegate=yes", "-p", "RestrictNamespaces=yes",  # as loopabull@.service
                "/usr/local/bin/loopabull", "--bus=none", "--instance", "bench",
                "/etc/loopabull/bench.yml"])
         try:
             res = wait_for(lambda: (r := read_json(m.path(out))) and r["final"] and r, 600,
-                           "the scope run")
+                           f"the {kind} run")
             assert res["succeeded"] == n, (res, m.journal("lbbench.service", lines=30))
             return res["elapsed_s"] / n * 1e6
         finally:
@@ -575,7 +617,7 @@ def main():
     ap.add_argument("--scope-jobs", type=int, default=200)
     ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--queued", type=int, default=100000)
-    ap.add_argument("--only", nargs="+", choices=["event_path", "direct", "scope", "ansible",
+    ap.add_argument("--only", nargs="+", choices=["event_path", "direct", "scope", "cgroup", "ansible",
                                                     "memory", "startup"])
     ap.add_argument("--docs", action="store_true",
                     help="also write the plot and the table into docs/PERFORMANCE.md")
@@ -585,7 +627,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     info = machine_info()
-    order = ["startup", "event_path", "direct", "memory", "scope", "ansible"]
+    order = ["startup", "event_path", "direct", "memory", "scope", "cgroup", "ansible"]
     try:
         for name in order:
             if args.only and name not in args.only:

@@ -347,8 +347,8 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
     auto& e = c.executor;
     if (auto v = node["type"]) {
         auto t = r.string(v, "type");
-        if (t && *t != "direct" && *t != "scope")
-            r.error(v, "executor type must be direct or scope, not '" + *t + "'");
+        if (t && *t != "direct" && *t != "scope" && *t != "cgroup" && *t != "auto")
+            r.error(v, "executor type must be auto, direct, cgroup or scope, not '" + *t + "'");
         else if (t)
             e.type = *t;
     }

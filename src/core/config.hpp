@@ -48,8 +48,10 @@ struct AnsibleConfig {
 };
 
 struct ExecutorConfig {
-    std::string type = "direct"; // direct | scope
+    // direct | cgroup | scope | auto (cgroup when our cgroup is delegated to us, else direct)
+    std::string type = "auto";
     // Scope executor: every job in a transient scope of the system or the user's manager.
+    // memory_max, tasks_max and cpu_quota also limit the cgroup executor's job cgroups.
     bool user_manager = false;
     std::string slice = "loopabull.slice";
     std::optional<std::uint64_t> memory_max = std::uint64_t(2) << 30; // nullopt: infinity

@@ -262,6 +262,7 @@ struct JobDetail {
     std::uint64_t queued_usec = 0, started_usec = 0, finished_usec = 0;
     std::string result;
     std::int32_t exit_code = -1;
+    std::string error; // why it did not succeed
 };
 
 struct Status {
@@ -358,6 +359,12 @@ JobDetail get_job(Client& c, std::uint64_t id) {
     const char *key = nullptr, *state = nullptr, *unit = nullptr, *looper = nullptr, *result = nullptr;
     check_read(sd_bus_message_read(reply.get(), "tsssstttsi", &j.id, &key, &state, &unit, &looper,
                                    &j.queued_usec, &j.started_usec, &j.finished_usec, &result, &j.exit_code));
+    // error: added in 0.2; an older supervisor does not send it.
+    const char* error = nullptr;
+    if (sd_bus_message_peek_type(reply.get(), nullptr, nullptr) > 0) {
+        check_read(sd_bus_message_read(reply.get(), "s", &error));
+        j.error = error;
+    }
     j.routing_key = key;
     j.state = state;
     j.unit = unit;
@@ -421,7 +428,8 @@ json to_json(const JobDetail& j) {
             {"started_usec", null_if(j.started_usec == 0, j.started_usec)},
             {"finished_usec", null_if(j.finished_usec == 0, j.finished_usec)},
             {"result", null_if(j.result.empty(), j.result)},
-            {"exit_code", null_if(j.exit_code < 0, j.exit_code)}};
+            {"exit_code", null_if(j.exit_code < 0, j.exit_code)},
+            {"error", null_if(j.error.empty(), j.error)}};
 }
 
 void print_json(const json& j) { std::printf("%s\n", j.dump(2).c_str()); }
@@ -535,6 +543,7 @@ int cmd_job(Client& c, const Options& o) {
     std::printf("       State: %s\n", j.state.c_str());
     std::printf("      Result: %s\n", j.result.empty() ? "-" : j.result.c_str());
     std::printf("   Exit code: %s\n", j.exit_code < 0 ? "-" : std::to_string(j.exit_code).c_str());
+    if (!j.error.empty()) std::printf("       Error: %s\n", j.error.c_str());
     std::printf("      Looper: %s\n", j.looper.c_str());
     std::printf("        Unit: %s\n", j.unit.empty() ? "-" : j.unit.c_str());
     std::printf("      Queued: %s\n", format_time(j.queued_usec).c_str());

@@ -34,11 +34,13 @@ const sd_bus_vtable BusApi::kVtable[] = {
                              list_loopers, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("ListJobs", "", "", "a(tsssts)", SD_BUS_PARAM(jobs),
                              list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
-    SD_BUS_METHOD_WITH_NAMES("GetJob", "t", SD_BUS_PARAM(id), "tsssstttsi",
+    // error (the last field) was added in 0.2: clients that read ten fields still work.
+    SD_BUS_METHOD_WITH_NAMES("GetJob", "t", SD_BUS_PARAM(id), "tsssstttsis",
                              SD_BUS_PARAM(id) SD_BUS_PARAM(routing_key) SD_BUS_PARAM(state)
                                  SD_BUS_PARAM(unit) SD_BUS_PARAM(looper) SD_BUS_PARAM(queued_usec)
                                      SD_BUS_PARAM(started_usec) SD_BUS_PARAM(finished_usec)
-                                         SD_BUS_PARAM(result) SD_BUS_PARAM(exit_code),
+                                         SD_BUS_PARAM(result) SD_BUS_PARAM(exit_code)
+                                             SD_BUS_PARAM(error),
                              get_job, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("CancelJob", "t", SD_BUS_PARAM(id), "", "", cancel_job,
                              SD_BUS_VTABLE_UNPRIVILEGED),
@@ -128,11 +130,11 @@ int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noex
         if (!job) return self->no_such_job(id, error);
         std::string result = job->result ? std::string(to_string(*job->result)) : std::string();
         return sd_bus_reply_method_return(
-            m, "tsssstttsi", static_cast<std::uint64_t>(job->id), job->routing_key.c_str(),
+            m, "tsssstttsis", static_cast<std::uint64_t>(job->id), job->routing_key.c_str(),
             job->state.c_str(), job->unit.c_str(), job->looper.c_str(),
             static_cast<std::uint64_t>(job->queued_usec), static_cast<std::uint64_t>(job->started_usec),
             static_cast<std::uint64_t>(job->finished_usec), result.c_str(),
-            static_cast<std::int32_t>(job->exit_code.value_or(-1)));
+            static_cast<std::int32_t>(job->exit_code.value_or(-1)), job->error.c_str());
     });
 }
 

@@ -2,6 +2,7 @@
 #include "supervisor/executor.hpp"
 
 #include "supervisor/log.hpp"
+#include "supervisor/proc-tree.hpp"
 #include "supervisor/process.hpp"
 
 #include <signal.h>
@@ -26,8 +27,11 @@ struct Executor::Run {
     ScopeManager* scopes = nullptr; // kept: a reload may switch the executor to direct
     bool in_scope = false;          // released into its scope
     UniqueFd release;               // write a byte to let the child go on
-    std::string failure;            // why the job could not run (scope creation)
-    UniqueFd spawn_report;          // a failure before execve, for jobs released later
+    std::string cgroup;             // its cgroup (cgroup executor)
+    bool recorded = false;          // in the direct executor's process records
+    usec timeout{};
+    std::string failure;   // why the job could not run (scope creation)
+    UniqueFd spawn_report; // a failure before execve, for jobs released later
     std::string program;
     UniqueFd output;
     LineReader lines{16 * 1024};
@@ -47,9 +51,18 @@ void describe(sd_event_source* s, JobId id, const char* what) {
     sd_event_source_set_description(s, ("job-" + std::to_string(id) + "-" + what).c_str());
 }
 
-Outcome outcome_of(const siginfo_t& si, bool timed_out, bool cancelled) {
+// "30min", "5s", "1500ms": as the configuration would say it.
+std::string duration_text(usec d) {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+    if (ms % 3600000 == 0) return std::to_string(ms / 3600000) + "h";
+    if (ms % 60000 == 0) return std::to_string(ms / 60000) + "min";
+    if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+    return std::to_string(ms) + "ms";
+}
+
+Outcome outcome_of(const siginfo_t& si, bool timed_out, bool cancelled, usec timeout) {
     int code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
-    if (timed_out) return {Result::timeout, code, {}, {}};
+    if (timed_out) return {Result::timeout, code, "timed out after " + duration_text(timeout), {}};
     if (cancelled) return {Result::cancelled, code, {}, {}};
     return {code == 0 ? Result::succeeded : Result::failed, code, {}, {}};
 }
@@ -94,12 +107,20 @@ Executor::~Executor() {
     // Only reached on a fatal error: playbooks must not outlive the supervisor.
     for (auto& [id, run] : runs_) {
         kill(-run->pid, SIGKILL);
+        if (!run->cgroup.empty()) CgroupTree::kill_all(run->cgroup);
+        if (run->recorded) signal_tree(run->pid, SIGKILL, true);
         if (run->in_scope) run->scopes->stop(run->unit);
     }
 }
 
 std::optional<std::string> Executor::start(const JobSpec& spec) {
     auto out = make_pipe(true, false);
+    std::optional<JobCgroup> cg;
+    if (cgroup_ && !scope_) {
+        auto made = cgroup_->tree->create_job(spec.id, cgroup_->limits);
+        if (auto* err = std::get_if<std::string>(&made)) return *err;
+        cg = std::move(std::get<JobCgroup>(made));
+    }
     std::optional<Pipe> gate;
     std::string header;
     SpawnSpec s{spec.argv, spec.env, -1,      out.write.get(), out.write.get(),
@@ -112,10 +133,21 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
         header = journal_header("ansible-playbook");
         s.journal_header = &header;
     }
+    bool direct = !scope_ && !cg;
+    if (cg) {
+        s.cgroup_fd = cg->fd.get();
+    } else if (direct) {
+        // Orphans of the job stay below its first process, which outlives a killed supervisor
+        // (no death signal) so that the next start finds the whole tree from its record.
+        s.subreaper = true;
+        s.death_signal = 0;
+    }
     auto child = spawn(s);
-    if (child.pid < 0)
+    if (child.pid < 0) {
+        if (cg) CgroupTree::remove(cg->dir);
         return std::string(child.stage) + " " + spec.argv[0] +
                " failed: " + std::strerror(child.error);
+    }
     auto run = std::make_unique<Run>();
     run->owner = this;
     run->id = spec.id;
@@ -127,9 +159,20 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
     run->spawn_report = std::move(child.pending_report);
     run->program = spec.argv[0];
     run->scopes = scope_ ? scope_->scopes : nullptr;
+    run->timeout = spec.timeout;
+    if (cg) run->cgroup = cg->dir;
+    if (direct && records_) {
+        records_->add(spec.id, child.pid);
+        run->recorded = true;
+    }
     auto& r = *run;
     runs_.emplace(spec.id, std::move(run));
     add_sources(r, spec.timeout);
+    if (cg) {
+        log::Fields f{.job = r.name, .routing_key = r.routing_key};
+        log::Scope scope(f);
+        spdlog::debug("job {} runs in cgroup {}", spec.id, r.cgroup);
+    }
     if (gate) {
         r.release = std::move(gate->write);
         create_scope(r, spec);
@@ -215,9 +258,19 @@ void Executor::finish(Run& run, const siginfo_t& si) {
     // A background process of the playbook may keep the pipe open: take what is there, no more.
     run.log_output();
     if (run.timed_out || run.cancelled) kill(-run.pid, SIGKILL);
-    // The job is over: whatever it left running in its scope goes with it.
+    // The job is over: whatever it left running in its scope or cgroup goes with it; with the
+    // direct executor, its orphans (adopted by us, a subreaper, when its first process exited).
     if (run.in_scope) run.scopes->stop(run.unit);
-    auto outcome = outcome_of(si, run.timed_out, run.cancelled);
+    if (!run.cgroup.empty()) {
+        if (int err = CgroupTree::kill_all(run.cgroup))
+            spdlog::error("job {}: cannot kill cgroup {}: {}", run.id, run.cgroup,
+                          std::strerror(err));
+        if (!CgroupTree::remove(run.cgroup)) dead_cgroups_.push_back(run.cgroup);
+    }
+    if (kill_orphans() > 0 || !dead_cgroups_.empty()) sweep_soon();
+    if (run.recorded && records_) records_->remove(run.id);
+    forget_child(run.pid);
+    auto outcome = outcome_of(si, run.timed_out, run.cancelled, run.timeout);
     if (run.spawn_report && run.failure.empty())
         run.failure = read_spawn_failure(run.spawn_report.get(), run.program).value_or("");
     if (!run.failure.empty() && !run.cancelled)
@@ -234,9 +287,14 @@ void Executor::terminate(Run& run) {
     } else if (run.release) {
         kill(run.pid, SIGKILL); // still waiting for its scope: nothing has run yet
         return;
-    } else if (kill(-run.pid, SIGTERM) < 0 && errno != ESRCH) {
-        spdlog::error("job {}: cannot signal process group {}: {}", run.id, run.pid,
-                      std::strerror(errno));
+    } else if (!run.cgroup.empty()) {
+        CgroupTree::signal_all(run.cgroup, SIGTERM);
+    } else {
+        if (kill(-run.pid, SIGTERM) < 0 && errno != ESRCH)
+            spdlog::error("job {}: cannot signal process group {}: {}", run.id, run.pid,
+                          std::strerror(errno));
+        // Also what left the group (setsid, setpgid): every descendant.
+        if (run.recorded) signal_tree(run.pid, SIGTERM, false);
     }
     sd_event_source_set_time_relative(run.kill_timer.get(),
                                       static_cast<uint64_t>(run.kill_grace.count()));
@@ -256,8 +314,47 @@ int Executor::on_timeout(sd_event_source*, uint64_t, void* userdata) noexcept {
 
 int Executor::on_kill(sd_event_source*, uint64_t, void* userdata) noexcept {
     auto run = static_cast<Run*>(userdata);
-    spdlog::warn("job {} ignored SIGTERM; sending SIGKILL to its process group", run->id);
+    if (!run->cgroup.empty()) {
+        spdlog::warn("job {} ignored SIGTERM; killing its cgroup", run->id);
+        CgroupTree::kill_all(run->cgroup);
+        return 0;
+    }
+    spdlog::warn("job {} ignored SIGTERM; sending SIGKILL to its processes", run->id);
     kill(-run->pid, SIGKILL);
+    if (run->recorded) signal_tree(run->pid, SIGKILL, true);
+    return 0;
+}
+
+// Killed processes leave their cgroup, and orphans become zombies, a little later: until then,
+// every 50 ms (a minute at most).
+void Executor::sweep_soon() {
+    if (!sweep_timer_) {
+        sd_event_source* s = nullptr;
+        int rc = sd_event_add_time(event_, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_sweep, this);
+        if (rc < 0) throw std::system_error(-rc, std::generic_category(), "adding sweep timer");
+        sweep_timer_.reset(s);
+        sd_event_source_set_description(s, "job-sweep");
+    }
+    sweeps_ = 0;
+    sd_event_source_set_time_relative(sweep_timer_.get(), 50000);
+    sd_event_source_set_enabled(sweep_timer_.get(), SD_EVENT_ONESHOT);
+}
+
+int Executor::on_sweep(sd_event_source* s, uint64_t, void* userdata) noexcept {
+    auto self = static_cast<Executor*>(userdata);
+    std::erase_if(self->dead_cgroups_, [](auto& d) { return CgroupTree::remove(d); });
+    bool orphans = kill_orphans() > 0;
+    if (!orphans && self->dead_cgroups_.empty()) return 0;
+    if (++self->sweeps_ >= 1200) {
+        for (auto& d : self->dead_cgroups_)
+            spdlog::error("cgroup {} is still not empty a minute after its job was killed; "
+                          "leaving it",
+                          d);
+        self->dead_cgroups_.clear();
+        return 0;
+    }
+    sd_event_source_set_time_relative(s, 50000);
+    sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
     return 0;
 }
 

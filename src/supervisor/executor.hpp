@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-// Runs jobs: each in a process group of its own (direct), or in a transient systemd scope of
-// its own (scope), killed whole on timeout or cancel.
+// Runs jobs: each in a process group of its own (direct), in a cgroup of its own in the subtree
+// systemd delegated to us (cgroup), or in a transient systemd scope of its own (scope); killed
+// whole on timeout, cancel, and at its end.
 #pragma once
 
 #include "core/config.hpp"
 #include "core/protocol.hpp"
 #include "core/sandbox.hpp"
 #include "core/scheduler.hpp"
+#include "supervisor/cgroup.hpp"
+#include "supervisor/proc-tree.hpp"
 #include "supervisor/scope.hpp"
 #include "supervisor/sd-ptr.hpp"
 
@@ -50,6 +53,12 @@ struct ScopeMode {
     bool user_manager = false; // for the journalctl hint in the log
 };
 
+// What the cgroup executor needs: the delegated tree (set up) and each job cgroup's limits.
+struct CgroupMode {
+    CgroupTree* tree = nullptr;
+    CgroupLimits limits;
+};
+
 class Executor {
   public:
     Executor(sd_event* event, ExecutorHost& host);
@@ -59,6 +68,10 @@ class Executor {
 
     // nullopt: the direct executor. Applies to jobs started from now on.
     void set_scope_mode(std::optional<ScopeMode> mode) { scope_ = std::move(mode); }
+    // nullopt: not the cgroup executor. Applies to jobs started from now on.
+    void set_cgroup_mode(std::optional<CgroupMode> mode) { cgroup_ = std::move(mode); }
+    // Where the direct executor records its running jobs' first processes (see ProcessRecords).
+    void set_records(ProcessRecords* records) { records_ = records; }
 
     // Starts the job, or says why it could not be started.
     std::optional<std::string> start(const JobSpec& spec);
@@ -73,16 +86,24 @@ class Executor {
     static int on_exit(sd_event_source*, const siginfo_t*, void*) noexcept;
     static int on_timeout(sd_event_source*, uint64_t, void*) noexcept;
     static int on_kill(sd_event_source*, uint64_t, void*) noexcept;
+    static int on_sweep(sd_event_source*, uint64_t, void*) noexcept;
 
     void add_sources(Run& run, usec timeout);
     void create_scope(Run& run, const JobSpec& spec);
     void scope_ready(JobId id, std::optional<std::string> error);
     void finish(Run& run, const siginfo_t& si);
     void terminate(Run& run);
+    void sweep_soon();
 
     sd_event* event_;
     ExecutorHost& host_;
     std::optional<ScopeMode> scope_;
+    std::optional<CgroupMode> cgroup_;
+    ProcessRecords* records_ = nullptr;
+    // Left behind by finished jobs: cgroups to remove once empty, orphans to reap.
+    std::vector<std::string> dead_cgroups_;
+    SourcePtr sweep_timer_;
+    unsigned sweeps_ = 0;
     std::unordered_map<JobId, std::unique_ptr<Run>> runs_;
 };
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/looper.hpp"
+#include "supervisor/proc-tree.hpp"
 
 #include "core/log-safe.hpp"
 #include "supervisor/log.hpp"
@@ -335,6 +336,7 @@ void Looper::process_exited(const siginfo_t& si) {
     log::Fields f{.looper = config_.name};
     log::Scope scope(f);
     exited_ = true;
+    forget_child(pid_);
     child_source_.reset();
     bool expected = state_ == LooperState::stopping;
     if (expected)

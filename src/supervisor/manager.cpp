@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/manager.hpp"
 
+#include "core/varsfile.hpp"
+#include "supervisor/bus-api.hpp"
 #include "supervisor/bus.hpp"
 #include "supervisor/log.hpp"
-#include "supervisor/bus-api.hpp"
-#include "core/varsfile.hpp"
 
 #include "core/event-names.hpp"
 
@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -130,6 +131,16 @@ std::string result_message(const Outcome& o) {
     return s;
 }
 
+// The reason of a job that did not succeed, for GetJob and loopabullctl job: the log's words.
+std::string error_text(const Outcome& o) {
+    if (o.result == Result::succeeded) return {};
+    std::string s = o.error;
+    if (o.exit_code && o.result == Result::failed)
+        s = s.empty() ? "exit code " + std::to_string(*o.exit_code)
+                      : s + " (exit code " + std::to_string(*o.exit_code) + ")";
+    return s;
+}
+
 } // namespace
 
 std::string_view to_string(ManagerState s) noexcept {
@@ -200,6 +211,34 @@ void Manager::setup_runtime_dir() {
     vars_dir_ = runtime_dir_ + "/vars";
     make_private_dir(vars_dir_);
     remove_stale_vars(vars_dir_);
+    // Before any event is taken: what jobs of a killed predecessor left running (direct
+    // executor) would otherwise go on beside the same events run again.
+    records_ = std::make_unique<ProcessRecords>(runtime_dir_ + "/procs");
+    if (auto killed = records_->kill_leftovers())
+        spdlog::warn("killed {} process(es) that jobs of a previous run left behind", killed);
+    executor_->set_records(records_.get());
+}
+
+// The supervisor is a child subreaper, so that what a job's processes orphan comes back to it
+// (to be killed and reaped), not to init; and, when systemd delegated our cgroup to us, it
+// moves itself into a leaf of it, before anything else starts, as delegation requires.
+void Manager::setup_containment() {
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) fail(-errno, "PR_SET_CHILD_SUBREAPER");
+    auto found = CgroupTree::find_delegated();
+    if (auto* reason = std::get_if<std::string>(&found)) {
+        no_cgroup_reason_ = *reason;
+        spdlog::debug("no delegated cgroup: {}", *reason);
+        return;
+    }
+    cgroup_tree_.emplace(std::move(std::get<CgroupTree>(found)));
+    cgroup_tree_->setup();
+    auto& c = cgroup_tree_->controllers();
+    std::string list;
+    for (auto& name : c)
+        list += (list.empty() ? "" : ", ") + name;
+    spdlog::info("cgroup {} is delegated to us: loopabull runs in {}/supervisor; controllers for "
+                 "jobs: {}",
+                 cgroup_tree_->path(), cgroup_tree_->path(), list.empty() ? "none" : list);
 }
 
 // Two supervisors sharing a runtime directory (the same instance name, a copied runtime_dir) would
@@ -238,6 +277,7 @@ void Manager::lock_runtime_dir() {
 
 int Manager::run() {
     notify_ = std::getenv("NOTIFY_SOCKET") != nullptr;
+    setup_containment();
     setup_event_loop();
     setup_runtime_dir();
     if (options_.bus != BusKind::none) {
@@ -291,8 +331,10 @@ void Manager::apply(Config config) {
     auto sandbox = make_sandbox(config.executor);
     auto dirfd = open_playbooks_dir(config.ansible.playbooks_dir);
     auto mode = scope_mode(config.executor);
+    auto cgroups = cgroup_mode(config.executor);
     log::set_level(options_.log_level.value_or(config.loglevel));
     executor_->set_scope_mode(std::move(mode));
+    executor_->set_cgroup_mode(std::move(cgroups));
     playbooks_dirfd_ = std::move(dirfd);
     filter_ = RoutingFilter(config.routing_keys);
     job_env_ = playbook_environment(config.ansible);
@@ -365,6 +407,39 @@ void Manager::retry_scopes() {
     status_changed();
 }
 
+// cgroup, or auto where our cgroup is delegated: each job in a cgroup of its own below ours.
+std::optional<CgroupMode> Manager::cgroup_mode(const ExecutorConfig& e) {
+    if (e.type != "cgroup" && e.type != "auto") return std::nullopt;
+    if (!cgroup_tree_) {
+        if (e.type == "cgroup")
+            throw std::runtime_error("executor.type is cgroup, but " + no_cgroup_reason_ +
+                                     "; use type auto or direct");
+        spdlog::info("executor.type auto: running jobs directly ({})", no_cgroup_reason_);
+        return std::nullopt;
+    }
+    CgroupMode mode{&*cgroup_tree_, {e.memory_max, e.tasks_max, e.cpu_quota_per_sec_usec}};
+    auto& c = cgroup_tree_->controllers();
+    std::string lifted;
+    for (auto [limit, controller, name] :
+         {std::tuple{e.memory_max.has_value(), "memory", "memory_max"},
+          std::tuple{e.tasks_max.has_value(), "pids", "tasks_max"},
+          std::tuple{e.cpu_quota_per_sec_usec.has_value(), "cpu", "cpu_quota"}})
+        if (limit && std::find(c.begin(), c.end(), controller) == c.end())
+            lifted += std::string(lifted.empty() ? "" : ", ") + name + " (no " + controller +
+                      " controller)";
+    spdlog::info("executor.type {}: each job in a cgroup of its own below {}", e.type,
+                 cgroup_tree_->path());
+    if (!lifted.empty())
+        spdlog::warn("cgroup executor: NOT ENFORCED in {}{}: {}; the limits are written "
+                     "where the kernel offers the controllers only",
+                     cgroup_tree_->path(),
+                     cgroup_tree_->hybrid() ? " (hybrid cgroup layout: the controllers are on "
+                                              "cgroup v1)"
+                                            : "",
+                     lifted);
+    return mode;
+}
+
 void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
     std::set<std::string> names;
     for (auto& lc : wanted) {
@@ -414,9 +489,13 @@ std::vector<std::string> Manager::reload() {
         sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", usec);
     }
     auto problems = load_and_apply();
-    for (auto& p : problems) spdlog::error("{}", p);
-    if (problems.empty()) spdlog::info("configuration reloaded");
-    else spdlog::error("reload failed with {} problem(s); keeping the current configuration", problems.size());
+    for (auto& p : problems)
+        spdlog::error("{}", p);
+    if (problems.empty())
+        spdlog::info("configuration reloaded");
+    else
+        spdlog::error("reload failed with {} problem(s); keeping the current configuration",
+                      problems.size());
     if (notify_) sd_notify(0, "READY=1");
     status_changed();
     return problems;
@@ -425,7 +504,8 @@ std::vector<std::string> Manager::reload() {
 std::vector<std::string> Manager::load_and_apply() {
     auto load = load_config(options_.config_path, {options_.looper_dir, true});
     std::vector<std::string> problems;
-    for (auto& e : load.errors) problems.push_back(e.str());
+    for (auto& e : load.errors)
+        problems.push_back(e.str());
     if (!load.config) return problems;
     if (load.config->runtime_dir != config_.runtime_dir)
         return {"runtime_dir cannot change while running; restart instead"};
@@ -711,8 +791,10 @@ void Manager::complete(JobId id, const Outcome& given) {
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
+    // A timeout's text ("timed out after 30min") is for the log and GetJob: the answer's
+    // result already says it, and the protocol carries an error only for other results.
     answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
-           outcome.error);
+           outcome.result == Result::timeout ? std::string() : outcome.error);
     if (job.admitted) scheduler_.finished();
     auto done = info(job);
     done.state = "finished";
@@ -720,6 +802,7 @@ void Manager::complete(JobId id, const Outcome& given) {
     done.result = outcome.result;
     done.exit_code = outcome.exit_code;
     done.unit = outcome.unit;
+    done.error = error_text(outcome);
     remember(done);
     if (observer_) observer_->job_removed(done);
     status_changed();

@@ -3,14 +3,16 @@
 #pragma once
 
 #include "core/config.hpp"
-#include "supervisor/bus.hpp"
-#include "supervisor/executor.hpp"
-#include "supervisor/looper.hpp"
 #include "core/routing.hpp"
 #include "core/scheduler.hpp"
+#include "core/unique-fd.hpp"
+#include "supervisor/bus.hpp"
+#include "supervisor/cgroup.hpp"
+#include "supervisor/executor.hpp"
+#include "supervisor/looper.hpp"
+#include "supervisor/proc-tree.hpp"
 #include "supervisor/scope.hpp"
 #include "supervisor/sd-ptr.hpp"
-#include "core/unique-fd.hpp"
 
 #include "core/log-safe.hpp"
 
@@ -23,7 +25,6 @@
 #include <vector>
 
 namespace loopabull {
-
 
 struct ManagerOptions {
     std::string config_path;
@@ -48,6 +49,9 @@ struct JobInfo {
     std::uint64_t finished_usec = 0;
     std::optional<Result> result;
     std::optional<int> exit_code;
+    // Why a finished job did not succeed, as the log says it: "exit code 2", "timed out after
+    // 30min", "cannot create scope ...: ..."; empty otherwise.
+    std::string error;
 };
 
 struct LooperInfo {
@@ -140,6 +144,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::vector<std::string> load_and_apply();
     void apply_loopers(const std::vector<LooperConfig>& wanted);
     std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
+    std::optional<CgroupMode> cgroup_mode(const ExecutorConfig& e);
+    void setup_containment();
     void begin_stop();
     void stop_loopers();
 
@@ -184,6 +190,9 @@ class Manager final : public LooperHost, public ExecutorHost {
     LogRateLimit rejected_log_{20, std::chrono::seconds(10)};
     LogRateLimit refused_log_{20, std::chrono::seconds(10)};
     LogRateLimit unrouted_log_{20, std::chrono::seconds(10)};
+    std::optional<CgroupTree> cgroup_tree_;  // our delegated cgroup, set up
+    std::string no_cgroup_reason_;           // why there is none
+    std::unique_ptr<ProcessRecords> records_;
     std::map<std::string, std::unique_ptr<Looper>> loopers_;
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;

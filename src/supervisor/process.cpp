@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/process.hpp"
 
+#include "supervisor/proc-tree.hpp"
+
 #include <fcntl.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
@@ -15,6 +18,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <system_error>
@@ -138,6 +142,7 @@ struct ChildArgs {
         if (getppid() != parent) _exit(127);
     }
     if (spec.wait_peer_fd >= 0) close(spec.wait_peer_fd);
+    if (spec.subreaper) prctl(PR_SET_CHILD_SUBREAPER, 1);
     if (spec.new_session)
         setsid();
     else
@@ -208,6 +213,24 @@ Spawned spawn_shared(const SpawnSpec& spec, char* const* argv, char* const* envp
     return reap_failed(pid, report);
 }
 
+// fork() into a cgroup: clone3(CLONE_INTO_CGROUP) creates the child in it (Linux 5.7; only the
+// reading side of the cgroup migration lock, where moving a process takes the writing side).
+// On older kernels the child moves itself before it returns here.
+pid_t fork_into_cgroup(int cgroup_fd) {
+    clone_args args{};
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = static_cast<std::uint64_t>(cgroup_fd);
+    long pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid >= 0 || (errno != ENOSYS && errno != E2BIG)) return static_cast<pid_t>(pid);
+    pid = fork();
+    if (pid != 0) return static_cast<pid_t>(pid);
+    int fd = openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "0", 1) != 1) _exit(126);
+    close(fd);
+    return 0;
+}
+
 std::vector<char*> pointers(const std::vector<std::string>& strings) {
     std::vector<char*> out;
     out.reserve(strings.size() + 1);
@@ -228,16 +251,17 @@ Pipe make_pipe(bool nonblock_read, bool nonblock_write) {
     return p;
 }
 
-Spawned spawn(const SpawnSpec& spec) {
+static Spawned spawn_child(const SpawnSpec& spec) {
     auto argv = pointers(spec.argv);
     auto envp = pointers(spec.env);
     if (devnull_fd() < 0) return {-1, errno, "opening /dev/null", {}};
-    if (spec.wait_fd < 0 && !kSanitized) return spawn_shared(spec, argv.data(), envp.data());
+    if (spec.wait_fd < 0 && spec.cgroup_fd < 0 && !kSanitized)
+        return spawn_shared(spec, argv.data(), envp.data());
     int err_pipe[2];
     if (pipe2(err_pipe, O_CLOEXEC) < 0) return {-1, errno, "creating pipes", {}};
     UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
     pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = spec.cgroup_fd >= 0 ? fork_into_cgroup(spec.cgroup_fd) : fork();
     if (pid < 0) return {-1, errno, "forking", {}};
     if (pid == 0)
         child({&spec, argv.data(), envp.data(), devnull_fd(), err_write.get(), parent, nullptr});
@@ -252,6 +276,13 @@ Spawned spawn(const SpawnSpec& spec) {
     while (n < 0 && errno == EINTR);
     if (n != sizeof report) return {pid, 0, {}, {}};
     return reap_failed(pid, report);
+}
+
+Spawned spawn(const SpawnSpec& spec) {
+    auto child = spawn_child(spec);
+    // Known to the orphan sweep (kill_orphans) until its owner has reaped it.
+    if (child.pid > 0) register_child(child.pid);
+    return child;
 }
 
 std::optional<std::string> read_spawn_failure(int fd, const std::string& program) {

@@ -30,6 +30,14 @@ struct SpawnSpec {
     // When set, the child connects stdout and stderr to the journal itself, from inside its
     // scope, so that journald files its output under the scope's unit. Falls back to the pipe.
     const std::string* journal_header = nullptr;
+    // A cgroup v2 directory (an open descriptor): the child is created in it
+    // (clone3 with CLONE_INTO_CGROUP, Linux 5.7), so that it never runs anywhere else. Older
+    // kernels: the child moves itself there before anything else.
+    int cgroup_fd = -1;
+    // The child becomes a child subreaper (PR_SET_CHILD_SUBREAPER, kept across execve): what
+    // its descendants leave orphaned stays below it instead of leaving for init, so that the
+    // whole tree can be found from it (the direct executor's containment).
+    bool subreaper = false;
 };
 
 struct Spawned {
@@ -44,8 +52,9 @@ struct Spawned {
 // The failure a child reported on pending_report, if it failed before or at execve.
 std::optional<std::string> read_spawn_failure(int report_fd, const std::string& program);
 
-// clone(CLONE_VM | CLONE_VFORK) (fork when the child must wait for wait_fd) + execve; the
-// child does nothing but async-signal-safe calls on data prepared here.
+// clone(CLONE_VM | CLONE_VFORK) (a fork when the child must wait for wait_fd, clone3 when it
+// starts in a cgroup) + execve; the child does nothing but async-signal-safe calls on data
+// prepared here.
 Spawned spawn(const SpawnSpec& spec);
 
 // A pipe with both ends close-on-exec; the parent's end is made non-blocking.

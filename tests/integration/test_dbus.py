@@ -200,7 +200,7 @@ class Instance:
 
     def job(self, id):
         keys = ("id", "routing_key", "state", "unit", "looper", "queued_usec", "started_usec",
-                "finished_usec", "result", "exit_code")
+                "finished_usec", "result", "exit_code", "error")
         return dict(zip(keys, self.call("GetJob", "t", id)))
 
     def close(self):
@@ -257,6 +257,10 @@ def test_properties_count_an_events_job(bus, instance):
     inst._fifo.write("not json\n")
     inst._fifo.flush()
     assert inst.answer("b") == {"id": "b", "result": "failed", "exit_code": 3}
+    # Why it failed, as the log says it: in GetJob and in loopabullctl job.
+    assert inst.job(2)["error"] == "exit code 3"
+    assert json.loads(bus.ctl("-i", "dbus-test", "--json", "job", "2", check=True).stdout)["error"] == "exit code 3"
+    assert re.search(r"^ +Error: exit code 3$", bus.ctl("-i", "dbus-test", "job", "2", check=True).stdout, re.M)
     wait_until(lambda: bus.get(inst.name, "EventsRejected") == 1, 10, what="the rejected line to count")
     p = bus.props(inst.name)
     assert (p["EventsReceived"], p["JobsSucceeded"], p["JobsFailed"]) == (3, 1, 1)
@@ -281,7 +285,7 @@ def test_list_jobs_and_get_job_also_after_it_finished(bus, instance):
     # The finished one is still there, from the history.
     done = inst.job(1)
     assert done["routing_key"] == "dbus.ok" and done["looper"] == "test"
-    assert (done["state"], done["result"], done["exit_code"]) == ("finished", "succeeded", 0)
+    assert (done["state"], done["result"], done["exit_code"], done["error"]) == ("finished", "succeeded", 0, "")
     assert 0 < done["queued_usec"] <= done["started_usec"] <= done["finished_usec"]
     [[looper]] = inst.call("ListLoopers")
     name, state, pid, restarts, events = looper

@@ -129,7 +129,7 @@ class Service:
 
     def job(self, instance, id):
         keys = ("id", "routing_key", "state", "unit", "looper", "queued_usec", "started_usec",
-                "finished_usec", "result", "exit_code")
+                "finished_usec", "result", "exit_code", "error")
         return dict(zip(keys, self.call(instance, "GetJob", "t", id)))
 
     def ctl(self, *args, user=None):
@@ -246,7 +246,7 @@ def test_event_runs_its_playbook_and_the_api_shows_it(service):
     [jobs] = service.call("releng", "ListJobs")
     assert [(j[0], j[1], j[2], j[5]) for j in jobs] == [(2, "test.slow", "running", "spool")]
     out = service.busctl("call", bus_name("releng"), OBJECT, IFACE, "GetJob", "t", "1").stdout
-    assert out.startswith('tsssstttsi 1 "test.hello" "finished" "" "spool" ') and out.endswith(' "succeeded" 0\n'), out
+    assert out.startswith('tsssstttsis 1 "test.hello" "finished" "" "spool" ') and out.endswith(' "succeeded" 0 ""\n'), out
     # loopabullctl shows it all.
     r = service.ctl("--instance", "releng", "status")
     assert r.returncode == 0, r

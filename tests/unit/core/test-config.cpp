@@ -85,9 +85,9 @@ std::vector<ConfigError> errors_of(const std::string& text,
     return load.errors;
 }
 
-void expect_executor(const ExecutorConfig& e, unsigned max_parallel, std::size_t queue_size,
-                     usec timeout, usec kill_grace, usec stop_timeout) {
-    EXPECT_EQ(e.type, "direct");
+void expect_executor(const ExecutorConfig& e, const char* type, unsigned max_parallel,
+                     std::size_t queue_size, usec timeout, usec kill_grace, usec stop_timeout) {
+    EXPECT_EQ(e.type, type);
     EXPECT_EQ(e.max_parallel, max_parallel);
     EXPECT_EQ(e.queue_size, queue_size);
     EXPECT_EQ(e.timeout, timeout);
@@ -141,7 +141,7 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
     EXPECT_EQ(a.event_variable, "event"); // the body is one variable by default
     EXPECT_TRUE(a.environment.empty());
 
-    expect_executor(c.executor, 4, 1000, 25min, 10s, 5min);
+    expect_executor(c.executor, "auto", 4, 1000, 25min, 10s, 5min);
 }
 
 TEST(Config, EveryKeyIsRead) {
@@ -212,7 +212,7 @@ executor:
               (std::vector<std::pair<std::string, std::string>>{
                   {"ANSIBLE_FORCE_COLOR", "0"}, {"http_proxy", "http://proxy:3128"}}));
 
-    expect_executor(c.executor, 1024, 1, 24h, 30s, 90min);
+    expect_executor(c.executor, "direct", 1024, 1, 24h, 30s, 90min);
 }
 
 TEST(Config, ScopeExecutorAndSandboxKeys) {
@@ -235,7 +235,7 @@ TEST(Config, ScopeExecutorAndSandboxKeys) {
 
 TEST(Config, ScopeAndSandboxDefaults) {
     auto e = parsed(config_with()).executor;
-    EXPECT_EQ(e.type, "direct");
+    EXPECT_EQ(e.type, "auto");
     EXPECT_FALSE(e.user_manager);
     EXPECT_EQ(e.slice, "loopabull.slice");
     EXPECT_EQ(e.memory_max, std::optional<std::uint64_t>(std::uint64_t(2) << 30));
@@ -557,7 +557,7 @@ INSTANTIATE_TEST_SUITE_P(
         ansible_case("EnvironmentValueMapping", "  environment: {A: {b: c}}\n",
                      "'A' must be a string"),
         executor_case("ExecutorType", "  type: chroot\n",
-                      "executor type must be direct or scope, not 'chroot'"),
+                      "executor type must be auto, direct, cgroup or scope, not 'chroot'"),
         executor_case("Manager", "  manager: session\n", "'manager' must be system or user, not 'session'"),
         executor_case("Slice", "  slice: jobs\n", "'slice' must name a .slice unit, not 'jobs'"),
         executor_case("CpuQuota", "  cpu_quota: 50\n",
