@@ -31,7 +31,8 @@ using ParsedEvent = std::variant<Event, Rejection>;
 // Parses one line (without its newline). Never throws: every malformed input is a Rejection.
 ParsedEvent parse_event(std::string_view line);
 
-enum class Result { succeeded, failed, unrouted, rejected, timeout, cancelled };
+// superseded and throttled (added in 0.2, routes): settled as done without running.
+enum class Result { succeeded, failed, unrouted, rejected, timeout, cancelled, superseded, throttled };
 
 std::string_view to_string(Result r) noexcept;
 
