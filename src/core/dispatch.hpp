@@ -4,9 +4,9 @@
 // the serialization value. Pure logic, apart from the playbook lookup the caller passes in.
 #pragma once
 
-#include "core/route.hpp"
 #include "core/config.hpp"
 #include "core/protocol.hpp"
+#include "core/route.hpp"
 #include "core/routing.hpp"
 #include "core/scheduler.hpp"
 

@@ -4,6 +4,7 @@
 #include "core/config.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
 
 namespace loopabull {
@@ -245,6 +246,26 @@ std::vector<Route> parse_routes(const YAML::Node& node,
         ++i;
     }
     return out;
+}
+
+std::vector<std::string> looper_names(const Config& config) {
+    std::vector<std::string> names;
+    for (const auto& l : config.loopers)
+        names.push_back(l.name);
+    return names;
+}
+
+void check_route_playbooks(const YAML::Node& routes, const std::string& playbooks_dir,
+                           const RouteErrorSink& errors) {
+    if (playbooks_dir.empty() || !routes.IsSequence()) return;
+    for (auto route : routes) {
+        auto pb = route.IsMap() ? route["playbook"] : YAML::Node();
+        if (!pb || !pb.IsScalar() || bad_playbook_path(pb.Scalar())) continue;
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(playbooks_dir + "/" + pb.Scalar(), ec))
+            errors(pb, "playbook '" + pb.Scalar() + "' is not a file under playbooks_dir (" +
+                           playbooks_dir + ")");
+    }
 }
 
 std::optional<std::vector<std::string>> parse_looper_allowlist(const YAML::Node& node,

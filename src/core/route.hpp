@@ -18,6 +18,8 @@
 
 namespace loopabull {
 
+struct Config;
+
 // Where a serialization or throttle value comes from: a JSON Pointer into the body, or the
 // routing key (written `routing_key`, which no JSON Pointer can be).
 struct ValueSource {
@@ -59,6 +61,14 @@ using RouteErrorSink = ConditionErrorSink;
 std::vector<Route> parse_routes(const YAML::Node& node,
                                 const std::vector<std::string>& looper_names,
                                 const RouteErrorSink& errors);
+
+// The configured loopers' names (what parse_routes checks `loopers:` against).
+std::vector<std::string> looper_names(const Config& config);
+
+// Reports each route's `playbook` that is not a regular file under playbooks_dir (the
+// configuration check; at run time the escape-proof lookup decides again).
+void check_route_playbooks(const YAML::Node& routes, const std::string& playbooks_dir,
+                           const RouteErrorSink& errors);
 
 // Reads a looper's own `routing_keys` allowlist (patterns as routing_keys).
 std::optional<std::vector<std::string>> parse_looper_allowlist(const YAML::Node& node,

@@ -4,7 +4,7 @@
 #include "supervisor/bus.hpp"
 #include "supervisor/log.hpp"
 #include "supervisor/bus-api.hpp"
-#include "core/varsfile.hpp"
+#include "core/job-vars.hpp"
 
 #include "build-config.h"
 
@@ -112,6 +112,13 @@ UniqueFd open_playbooks_dir(const std::string& dir) {
 std::uint64_t now_realtime_usec() {
     timespec ts{};
     clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+std::uint64_t now_monotonic_usec() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
            static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
 }
@@ -462,36 +469,84 @@ void Manager::reject(Looper& looper, const std::optional<json>& id, const std::s
 void Manager::route(Looper& looper, Event ev) {
     log::Fields f{.looper = looper.name(), .routing_key = ev.routing_key};
     log::Scope scope(f);
-    if (!filter_.selects(ev.routing_key)) {
+    auto d = dispatch(config_, ev.routing_key, looper.name(), ev.body,
+                      [this](const std::string& rel) {
+                          return find_playbook_at(playbooks_dirfd_.get(),
+                                                  config_.ansible.playbooks_dir, rel);
+                      });
+    using V = Dispatch::Verdict;
+    switch (d.verdict) {
+    case V::run:
+        break;
+    case V::not_selected:
         ++counters_.events_unrouted;
         spdlog::debug("{}: not selected by routing_keys", ev.routing_key);
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
-    }
-    auto pb = find_playbook(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, ev.routing_key,
-                            config_.ansible.layout);
-    if (pb.status == PlaybookLookup::Status::missing) {
+    case V::no_route:
+    case V::no_playbook:
         ++counters_.events_unrouted;
-        spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
+        spdlog::info("{}: {}; unrouted", ev.routing_key, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
-    }
-    if (pb.status != PlaybookLookup::Status::found) {
+    case V::not_allowed:
         ++counters_.events_rejected;
-        spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, pb.path, pb.detail);
+        spdlog::warn("looper {}: rejected an event: {}", looper.name(), d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
-                      "playbook " + pb.detail);
+                      d.reason);
+    case V::bad_playbook:
+        ++counters_.events_rejected;
+        spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, d.playbook.path,
+                      d.playbook.detail);
+        return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
+                      "playbook " + d.playbook.detail);
     }
-    Job job{next_job_++,   std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
-            looper.name(), looper.generation(),       std::move(pb.path), {},
-            false};
+    const Route* r = d.choice.route;
+    if (d.throttle_key &&
+        !throttler_.admit(*d.throttle_key, now_monotonic_usec(),
+                          static_cast<std::uint64_t>(r->throttle->once_within.count()))) {
+        ++counters_.events_throttled;
+        spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", ev.routing_key, r->name,
+                     r->throttle->per.text(), display_value(d.throttle_value),
+                     r->throttle->once_within.count() / 1000000);
+        answer(looper.name(), looper.generation(), ev.id, Result::throttled, std::nullopt);
+        return status_changed();
+    }
+    Job job;
+    job.id = next_job_++;
+    job.routing_key = std::move(ev.routing_key);
+    job.body = std::move(ev.body);
+    job.event_id = std::move(ev.id);
+    job.looper = looper.name();
+    job.generation = looper.generation();
+    job.playbook = std::move(d.playbook.path);
+    if (r) {
+        job.route = r->name;
+        if (d.serial) job.serial_value = display_value(d.serial_value);
+    }
     spdlog::debug("job {} queued: {} -> {}", job.id, job.routing_key, job.playbook);
     job.queued_usec = now_realtime_usec();
     JobId id = job.id;
     auto& stored = jobs_.emplace(id, std::move(job)).first->second;
     if (observer_) observer_->job_new(info(stored));
-    scheduler_.enqueue(id);
+    if (d.serial) {
+        if (auto replaced = scheduler_.enqueue(id, std::move(*d.serial), r->coalesce))
+            complete(*replaced, {Result::superseded, std::nullopt, {}, {}}, id);
+    } else {
+        scheduler_.enqueue(id);
+    }
     start_jobs();
     update_intake();
     status_changed();
+}
+
+Explanation Manager::explain(const std::string& routing_key, const std::string& looper,
+                             const json& body) const {
+    LiveState live{&scheduler_, &throttler_, now_monotonic_usec(), options_.instance};
+    return loopabull::explain(
+        config_, routing_key, looper, body,
+        [this](const std::string& rel) {
+            return find_playbook_at(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, rel);
+        },
+        &live);
 }
 
 void Manager::answer(const std::string& looper, std::uint64_t generation,
@@ -513,17 +568,11 @@ void Manager::start_jobs() {
 }
 
 std::optional<std::string> Manager::write_vars(Job& job) {
-    VarsOptions vo;
-    vo.trusted = config_.ansible.trusted_payloads;
-    vo.own = {{"loopabull_routing_key", job.routing_key},
-              {"loopabull_job_id", std::to_string(job.id)},
-              {"loopabull_instance", options_.instance},
-              {"loopabull_looper", job.looper}};
-    if (job.event_id)
-        vo.own.emplace_back("loopabull_event_id", job.event_id->is_string()
-                                                      ? job.event_id->get<std::string>()
-                                                      : job.event_id->dump());
-    std::string text = render_vars(job.body, vo);
+    // The variables are built in one place (core/job-vars), which explain shows as well.
+    std::string text = job_vars_text(job.body,
+                                     {job.routing_key, std::to_string(job.id), options_.instance,
+                                      job.looper, job.event_id, job.route},
+                                     config_.ansible.trusted_payloads);
     std::string path = vars_dir_ + "/job-" + std::to_string(job.id) + ".yml";
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd) return "cannot create vars file " + path + ": " + std::strerror(errno);
@@ -572,7 +621,7 @@ std::optional<std::string> Manager::launch(Job& job) {
     return std::nullopt;
 }
 
-void Manager::complete(JobId id, const Outcome& outcome) {
+void Manager::complete(JobId id, const Outcome& outcome, std::optional<JobId> superseded_by) {
     auto node = jobs_.extract(id);
     if (node.empty()) return;
     Job& job = node.mapped();
@@ -584,21 +633,27 @@ void Manager::complete(JobId id, const Outcome& outcome) {
     log::Scope scope(f);
     if (outcome.result == Result::succeeded)
         ++counters_.jobs_succeeded;
+    else if (outcome.result == Result::superseded)
+        ++counters_.events_superseded;
     else
         ++counters_.jobs_failed;
-    if (outcome.result == Result::succeeded || outcome.result == Result::cancelled)
+    if (superseded_by)
+        spdlog::info("job {} ({}) superseded by job {} (route '{}', value {})", id,
+                     job.routing_key, *superseded_by, job.route, job.serial_value);
+    else if (outcome.result == Result::succeeded || outcome.result == Result::cancelled)
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
            outcome.error);
-    if (job.admitted) scheduler_.finished();
+    if (job.admitted) scheduler_.finished(id);
     auto done = info(job);
     done.state = "finished";
     done.finished_usec = now_realtime_usec();
     done.result = outcome.result;
     done.exit_code = outcome.exit_code;
     done.unit = outcome.unit;
+    done.superseded_by = superseded_by;
     remember(done);
     if (observer_) observer_->job_removed(done);
     status_changed();
@@ -613,6 +668,8 @@ JobInfo Manager::info(const Job& job) const {
     i.looper = job.looper;
     i.queued_usec = job.queued_usec;
     i.started_usec = job.started_usec;
+    i.route = job.route;
+    i.serial_value = job.serial_value;
     return i;
 }
 

@@ -2,6 +2,7 @@
 // The supervisor: owns the event loop, the loopers, the queue and the executor.
 #pragma once
 
+#include "core/dispatch.hpp"
 #include "core/config.hpp"
 #include "supervisor/bus.hpp"
 #include "supervisor/executor.hpp"
@@ -46,6 +47,9 @@ struct JobInfo {
     std::uint64_t finished_usec = 0;
     std::optional<Result> result;
     std::optional<int> exit_code;
+    std::string route;                 // the route that took it; empty without routes
+    std::string serial_value;          // its serialization value; empty when not serialized
+    std::optional<JobId> superseded_by; // a superseded job: the newer job that replaced it
 };
 
 struct LooperInfo {
@@ -78,6 +82,9 @@ struct Job {
     bool admitted = false; // holds one of the scheduler's running slots
     std::uint64_t queued_usec = 0;
     std::uint64_t started_usec = 0;
+    std::string route;        // the route that took it; empty without routes
+    std::string serial_value; // shown on D-Bus; empty when the route does not serialize
+    std::optional<JobId> superseded_by;
 };
 
 struct Counters {
@@ -86,6 +93,8 @@ struct Counters {
     std::uint64_t events_unrouted = 0;
     std::uint64_t jobs_succeeded = 0;
     std::uint64_t jobs_failed = 0; // failed, timeout and cancelled
+    std::uint64_t events_superseded = 0; // replaced by a newer event (coalesce)
+    std::uint64_t events_throttled = 0;  // not run: their value ran within the window
 };
 
 class Manager final : public LooperHost, public ExecutorHost {
@@ -106,6 +115,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     const std::string& instance() const noexcept { return options_.instance; }
     ManagerState state() const noexcept;
     const Counters& counters() const noexcept { return counters_; }
+    const Config& config() const noexcept { return config_; }
     std::size_t jobs_queued() const noexcept { return scheduler_.queued(); }
     std::size_t jobs_running() const noexcept { return scheduler_.running(); }
     std::vector<LooperInfo> loopers() const;
@@ -115,6 +125,10 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool cancel_job(JobId id);
     void pause(); // no new events are taken; running jobs go on
     void resume();
+    // What would happen to this event now (routes, playbook, live serialization and throttle
+    // state), without queueing anything. looper: empty for any looper.
+    Explanation explain(const std::string& routing_key, const std::string& looper,
+                        const json& body) const;
     // The problems that kept the new configuration from being applied; empty on success.
     std::vector<std::string> reload();
     void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
@@ -143,7 +157,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::optional<std::string> launch(Job& job);
     std::optional<std::string> write_vars(Job& job);
     JobSpec job_spec(const Job& job) const;
-    void complete(JobId id, const Outcome& outcome);
+    void complete(JobId id, const Outcome& outcome, std::optional<JobId> superseded_by = {});
     void update_intake();
     void status_changed();
     void send_status();
@@ -157,6 +171,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     RoutingFilter filter_{{}};
     UniqueFd playbooks_dirfd_;
     Scheduler scheduler_{1, 1};
+    Throttler throttler_; // routes' throttle windows; kept across reloads
     std::unique_ptr<Executor> executor_;
     BusPtr scope_bus_; // to the manager that makes our scopes
     std::unique_ptr<ScopeManager> scopes_;
