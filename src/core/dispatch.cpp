@@ -71,11 +71,10 @@ Dispatch dispatch(const Config& config, std::string_view key, std::string_view l
             std::string reason = "no route takes it";
             if (d.choice.closest) {
                 const Route& c = config.routes[*d.choice.closest];
-                auto v = choose_route({c}, key, looper, body, true).verdicts.front();
                 reason +=
-                    "; closest: route '" + c.name + "' (" + std::to_string(v.conditions_held) +
+                    "; closest: route '" + c.name + "' (" + std::to_string(d.choice.closest_held) +
                     " of " + std::to_string(c.when.size()) +
-                    " conditions held; failed: " + c.when[*v.failed_condition].describe() + ")";
+                    " conditions held; failed: " + c.when[d.choice.closest_failed].describe() + ")";
             }
             return refuse(Dispatch::Verdict::no_route, Result::unrouted, std::move(reason));
         }

@@ -299,6 +299,8 @@ RouteChoice choose_route(const std::vector<Route>& routes, std::string_view key,
                 (!best_held || v.conditions_held > *best_held)) {
                 best_held = v.conditions_held;
                 choice.closest = i;
+                choice.closest_held = v.conditions_held;
+                choice.closest_failed = *v.failed_condition;
             }
         }
         if (want_verdicts) choice.verdicts.push_back(v);

@@ -87,6 +87,8 @@ struct RouteChoice {
     const Route* route = nullptr;       // the first route that takes the event, or none
     std::optional<std::size_t> closest; // no route: the one whose key and looper matched and
                                         // whose conditions held longest (first on a tie)
+    std::size_t closest_held = 0;       // the closest route's conditions that held
+    std::size_t closest_failed = 0;     // and the index of the one that failed
     std::vector<RouteVerdict> verdicts; // filled only when asked (explain)
 };
 

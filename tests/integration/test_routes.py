@@ -51,8 +51,8 @@ def test_check_config_positions_bad_pointer_and_regex(tmp_path):
         "    playbook: missing.yml\n")
     r = subprocess.run([str(BIN), "--check-config", str(cfg)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 1
-    assert f"{cfg}:7:15: 'msg/owner' is not a JSON Pointer" in r.stderr, r.stderr
-    assert f"{cfg}:8:37: bad regular expression '(unclosed'" in r.stderr, r.stderr
+    assert f"{cfg}:7:16: 'msg/owner' is not a JSON Pointer" in r.stderr, r.stderr
+    assert f"{cfg}:8:35: bad regular expression '(unclosed'" in r.stderr, r.stderr
     assert f"{cfg}:9:15: playbook 'missing.yml' is not a file under playbooks_dir" in r.stderr, r.stderr
 
 
