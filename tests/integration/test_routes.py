@@ -99,7 +99,8 @@ def test_routes_example_through_ansible_and_explain_live(tmp_path, bus):
     looper = scripted(name="bus", fifo=str(fifo), answers=str(answers))
     # The looper's allowlist: the topics the bus may send (not, say, account events).
     looper["routing_keys"] = ["org.fedoraproject.*.buildsys.#", "org.fedoraproject.*.git.#",
-                              "org.fedoraproject.*.pungi.#", "org.fedoraproject.*.compose.#"]
+                              "org.fedoraproject.*.pungi.#", "org.fedoraproject.*.compose.#",
+                              "org.fedoraproject.*.bodhi.#"]
     cfg["loopers"] = [looper]
     cfg["runtime_dir"] = str(tmp_path / "run")
     cfg["loglevel"] = "debug"
