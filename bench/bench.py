@@ -181,7 +181,7 @@ class Bench:
     def log(self, msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    def config(self, looper_args, **executor):
+    def config(self, looper_args, extra=None, **executor):
         ex = {"max_parallel": 1, "timeout": "10min", "allow_root": True, "stop_timeout": "2s"}
         ex.update(executor)
         ansible = {"playbooks_dir": str(self.playbooks)}
@@ -189,20 +189,21 @@ class Bench:
             ansible["playbook_cmd"] = ex.pop("playbook_cmd")
         return {"loglevel": "info", "routing_keys": ["bench.job"],
                 "loopers": [{"name": "bench", "command": [str(self.looper), *looper_args]}],
-                "ansible": ansible, "executor": ex}
+                "ansible": ansible, "executor": ex, **(extra or {})}
 
     def supervisor(self, config):
         self.counter += 1
         return Supervisor(self, config, f"bench{self.counter}")
 
-    def looper_run(self, count, key, rate=0, timeout=600, **executor):
+    def looper_run(self, count, key, rate=0, timeout=600, looper_args=(), extra=None, **executor):
         """One supervisor whose looper sends `count` events; the looper's figures, plus the
         supervisor's CPU time over the run."""
         out = self.tmp / f"looper-{self.counter + 1}.json"
         args = ["--count", str(count), "--key", key, "--out", str(out)]
         if rate:
             args += ["--rate", str(rate)]
-        sup = self.supervisor(self.config(args, **executor))
+        args += list(looper_args)
+        sup = self.supervisor(self.config(args, extra, **executor))
         try:
             cpu0, all0 = sup.cpu(), cpu_seconds(sup.proc.pid, children=True)
             res = wait_for(lambda: (r := read_json(out)) and r["final"] and r,
@@ -281,6 +282,36 @@ class Bench:
         for k, v in floor.items():
             self.record("event_path", f"echo_latency_{k}_us", v, "us",
                         note="the same looper against bench-echo: this machine's floor")
+
+    # 1b. event path through 20 routes (issue 14)
+    def routes_config(self):
+        """20 routes that take the key, each with two conditions that hold and a regular
+        expression that does not: every event is judged by all 60 conditions (20 RE2 matches)
+        and no route takes it. Logged at warning: an event no route takes is logged at info."""
+        routes = [{"name": f"r{i}", "keys": ["bench.#"], "playbook": "bench.job.yml",
+                   "when": [{"path": "/n", "exists": True},
+                            {"path": "/n", "not": {"equals": -1}},
+                            {"path": "/s", "matches": f"^route-{i}-[0-9]+$"}]} for i in range(20)]
+        return {"routing_keys": ["all"], "loglevel": "warning", "routes": routes}
+
+    def event_path_routes(self):
+        n = self.args.events
+        plain, routed, ratio = [], [], []
+        for i in range(self.args.reps):
+            p = self.looper_run(n, "bench.unrouted", looper_args=["--tag", "bench"])
+            r = self.looper_run(n, "bench.unrouted", looper_args=["--tag", "bench"],
+                                extra=self.routes_config())
+            assert p["unrouted"] == n and r["unrouted"] == n, (p, r)
+            plain.append(p["events_per_s"])
+            routed.append(r["events_per_s"])
+            ratio.append(r["events_per_s"] / p["events_per_s"])
+            self.log(f"event path with 20 routes {i + 1}: {r['events_per_s']:.0f} events/s, "
+                     f"{ratio[-1]:.2f} of the route-less path ({p['events_per_s']:.0f})")
+        self.record("event_path", "routes20_events_per_s", routed, "events/s", ">= 100000",
+                    lambda v: v >= 100000,
+                    note="20 routes x (2 conditions + 1 RE2 regex), all evaluated, none matching")
+        self.record("event_path", "routes20_ratio", ratio, "x",
+                    note="events/s through 20 routes / events/s without routes, same bodies")
 
     # 2. direct executor
     def direct(self):
@@ -617,8 +648,8 @@ def main():
     ap.add_argument("--scope-jobs", type=int, default=200)
     ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--queued", type=int, default=100000)
-    ap.add_argument("--only", nargs="+", choices=["event_path", "direct", "scope", "cgroup", "ansible",
-                                                    "memory", "startup"])
+    ap.add_argument("--only", nargs="+", choices=["event_path", "event_path_routes", "direct",
+                                                    "scope", "cgroup", "ansible", "memory", "startup"])
     ap.add_argument("--docs", action="store_true",
                     help="also write the plot and the table into docs/PERFORMANCE.md")
     args = ap.parse_args()
@@ -627,7 +658,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     info = machine_info()
-    order = ["startup", "event_path", "direct", "memory", "scope", "cgroup", "ansible"]
+    order = ["startup", "event_path", "event_path_routes", "direct", "memory", "scope", "cgroup",
+             "ansible"]
     try:
         for name in order:
             if args.only and name not in args.only:

@@ -45,7 +45,7 @@ void resolve_looper_command(Reader& r, const YAML::Node& at, std::vector<std::st
 
 const std::vector<std::string_view> kLooperKeys = {
     "name",          "command",        "config", "restart_delay", "restart_delay_max",
-    "restart_limit", "max_line_length"};
+    "restart_limit", "max_line_length", "routing_keys"};
 
 bool valid_looper_name(const std::string& n) {
     return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char c) {
@@ -90,6 +90,10 @@ std::optional<LooperConfig> read_looper(Reader& r, const YAML::Node& node) {
         else if (n)
             lc.max_line_length = *n;
     }
+    if (auto v = node["routing_keys"]) // issue 14: what this looper may send
+        lc.routing_keys = parse_looper_allowlist(v, [&](const YAML::Node& at, std::string m) {
+            r.error(at, std::move(m));
+        });
     if (lc.restart_delay.count() == 0) r.error(node, "'restart_delay' must be more than 0");
     if (lc.restart_delay_max < lc.restart_delay)
         r.error(node, "'restart_delay_max' must not be below 'restart_delay'");
@@ -385,7 +389,8 @@ void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
 }
 
 const std::vector<std::string_view> kTopKeys = {"loglevel", "routing_keys", "runtime_dir",
-                                                "loopers",  "ansible",      "executor"};
+                                                "loopers",  "ansible",      "executor",
+                                                "routes"};
 
 void read_current(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "loopabull";
@@ -407,6 +412,11 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
     else
         r.error(root, "missing the 'ansible' section (playbooks_dir at least)");
     if (auto v = root["executor"]) read_executor(r, v, c);
+    if (auto v = root["routes"]) { // issue 14: parsed and checked in core/route.cpp
+        auto sink = [&](const YAML::Node& at, std::string m) { r.error(at, std::move(m)); };
+        c.routes = parse_routes(v, looper_names(c), sink);
+        if (r.options().check_files) check_route_playbooks(v, c.ansible.playbooks_dir, sink);
+    }
 }
 
 } // namespace loopabull::config_detail

@@ -5,6 +5,7 @@
 
 #include "core/config-error.hpp"
 #include "core/log-level.hpp"
+#include "core/route.hpp"
 #include "core/routing.hpp"
 #include "core/sandbox.hpp"
 
@@ -30,6 +31,8 @@ struct LooperConfig {
     usec restart_delay_max = std::chrono::minutes(1);
     unsigned restart_limit = 5;
     std::size_t max_line_length = 1 << 20;
+    // The routing keys this looper may send (patterns as routing_keys); others are rejected.
+    std::optional<std::vector<std::string>> routing_keys;
 
     bool operator==(const LooperConfig&) const = default;
 };
@@ -79,6 +82,7 @@ struct Config {
     std::vector<std::string> routing_keys{"all"};
     std::optional<std::string> runtime_dir;
     std::vector<LooperConfig> loopers;
+    std::vector<Route> routes; // empty: the routing key alone picks the playbook
     AnsibleConfig ansible;
     ExecutorConfig executor;
 };

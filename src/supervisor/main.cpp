@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // loopabull: argument parsing, then the manager.
 #include "core/config.hpp"
+#include "supervisor/explain-offline.hpp"
 #include "supervisor/log.hpp"
 #include "supervisor/manager.hpp"
 
@@ -22,6 +23,7 @@ using namespace loopabull;
 constexpr const char* kUsage = R"(Usage: loopabull [OPTIONS] CONFIG
        loopabull --check-config CONFIG
        loopabull --print-seccomp-policy [CONFIG]
+       loopabull --explain [--json] [--looper NAME] CONFIG ROUTING_KEY [BODY-JSON|@FILE]
 
 Turns events from looper processes into ansible-playbook runs.
 
@@ -33,6 +35,11 @@ Options:
                            (default: system when started by the system manager, user
                            when started by a user manager, none otherwise)
   -c, --check-config       validate CONFIG, list every problem as FILE:LINE:COL, exit
+  -e, --explain            say what CONFIG would do with an event and why: routing_keys,
+                           each route, the playbook, the variables; exit 0 when it would
+                           run a playbook, 1 when not, 2 on a usage or config error
+      --json               --explain: print JSON for scripts
+      --looper NAME        --explain: the event comes from looper NAME (default: any)
   -p, --print-seccomp-policy
                            print the system calls playbooks may make (the default
                            policy, or CONFIG's executor.seccomp when CONFIG is given)
@@ -51,6 +58,7 @@ struct Args {
     ManagerOptions options;
     bool check = false;
     bool print_seccomp = false;
+    std::optional<ExplainRequest> explain;
     std::string bus = "auto";
 };
 
@@ -82,12 +90,17 @@ Args parse_args(int argc, char** argv) {
                                       {"bus", required_argument, nullptr, 'b'},
                                       {"check-config", no_argument, nullptr, 'c'},
                                       {"print-seccomp-policy", no_argument, nullptr, 'p'},
+                                      {"explain", no_argument, nullptr, 'e'},
+                                      {"json", no_argument, nullptr, 'J'},
+                                      {"looper", required_argument, nullptr, 'L'},
                                       {"help", no_argument, nullptr, 'h'},
                                       {"version", no_argument, nullptr, 'V'},
                                       {nullptr, 0, nullptr, 0}};
     Args a;
     int c;
-    while ((c = getopt_long(argc, argv, "i:l:b:cphV", longopts, nullptr)) != -1) {
+    bool explain = false, json = false;
+    std::string looper;
+    while ((c = getopt_long(argc, argv, "i:l:b:cpehV", longopts, nullptr)) != -1) {
         switch (c) {
         case 'i':
             a.options.instance = optarg;
@@ -106,6 +119,15 @@ Args parse_args(int argc, char** argv) {
         case 'p':
             a.print_seccomp = true;
             break;
+        case 'e':
+            explain = true;
+            break;
+        case 'J':
+            json = true;
+            break;
+        case 'L':
+            looper = optarg;
+            break;
         case 'h':
             std::fputs(kUsage, stdout);
             std::exit(0);
@@ -117,6 +139,16 @@ Args parse_args(int argc, char** argv) {
         }
     }
     if (a.print_seccomp && optind == argc) return a;
+    const char* looper_dir = std::getenv("LOOPABULL_LOOPER_DIR");
+    if (explain) {
+        if (argc - optind < 2 || argc - optind > 3)
+            usage_error("--explain needs CONFIG ROUTING_KEY [BODY-JSON|@FILE]");
+        a.explain = ExplainRequest{argv[optind], looper_dir ? looper_dir : LOOPABULL_LOOPER_DIR,
+                                   argv[optind + 1], argc - optind == 3 ? argv[optind + 2] : "",
+                                   looper, json};
+        return a;
+    }
+    if (json || !looper.empty()) usage_error("--json and --looper go with --explain");
     if (optind != argc - 1) usage_error("exactly one CONFIG file is required");
     if (!valid_instance(a.options.instance))
         usage_error("invalid instance name '" + a.options.instance +
@@ -157,6 +189,7 @@ int print_seccomp_policy(const Args& args) {
 int main(int argc, char** argv) {
     auto args = parse_args(argc, argv);
     if (args.print_seccomp) return print_seccomp_policy(args);
+    if (args.explain) return explain_offline(*args.explain);
     auto load = load_config(args.options.config_path, {args.options.looper_dir, true});
     if (args.check) {
         for (auto& e : load.errors)

@@ -5,8 +5,9 @@
 #include "supervisor/bus-api.hpp"
 #include "supervisor/bus.hpp"
 #include "supervisor/log.hpp"
-
 #include "core/event-names.hpp"
+#include "core/job-vars.hpp"
+#include "supervisor/bus-api.hpp"
 
 #include "build-config.h"
 
@@ -116,6 +117,13 @@ UniqueFd open_playbooks_dir(const std::string& dir) {
 std::uint64_t now_realtime_usec() {
     timespec ts{};
     clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+std::uint64_t now_monotonic_usec() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
            static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
 }
@@ -633,58 +641,94 @@ void Manager::reject(Looper& looper, const std::optional<json>& id, const std::s
 void Manager::route(Looper& looper, Event ev) {
     log::Fields f{.looper = looper.name(), .routing_key = ev.routing_key};
     log::Scope scope(f);
-    if (!filter_.selects(ev.routing_key)) {
+    auto d = dispatch(config_, ev.routing_key, looper.name(), ev.body,
+                      [this](const std::string& rel) {
+                          return find_playbook_at(playbooks_dirfd_.get(),
+                                                  config_.ansible.playbooks_dir, rel);
+                      });
+    using V = Dispatch::Verdict;
+    switch (d.verdict) {
+    case V::run:
+        break;
+    case V::not_selected:
         ++counters_.events_unrouted;
         spdlog::debug("{}: not selected by routing_keys", ev.routing_key);
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
-    }
-    auto pb = find_playbook(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, ev.routing_key,
-                            config_.ansible.layout);
-    if (pb.status == PlaybookLookup::Status::missing) {
+    case V::no_route:
+    case V::no_playbook:
         ++counters_.events_unrouted;
         // Anyone who can send events can send keys without a playbook: limited too.
         if (may_log(unrouted_log_, "unrouted events"))
-            spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
+            spdlog::info("{}: {}; unrouted", ev.routing_key, loggable(d.reason));
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
-    }
-    if (pb.status == PlaybookLookup::Status::error) {
+    case V::lookup_failed:
         // Our environment's fault (playbooks_dir unreadable, say), not the event's: retryable.
         ++counters_.jobs_failed;
-        spdlog::error("{}: cannot open playbook {}: {}", ev.routing_key, pb.path, pb.detail);
+        spdlog::error("{}: {}", ev.routing_key, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::failed, std::nullopt,
-                      "cannot open playbook " + pb.path + ": " + pb.detail);
-    }
-    if (pb.status != PlaybookLookup::Status::found) {
+                      d.reason);
+    case V::not_allowed:
+    case V::bad_body:
         ++counters_.events_rejected;
         if (may_log(rejected_log_, "rejected events"))
-            spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, pb.path, pb.detail);
+            spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(d.reason));
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
-                      "playbook " + pb.detail);
+                      d.reason);
+    case V::bad_playbook:
+        ++counters_.events_rejected;
+        spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, d.playbook.path,
+                      d.playbook.detail);
+        return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
+                      "playbook " + d.playbook.detail);
     }
-    if (!config_.ansible.event_variable) {
-        // The top-level form: a key Ansible gives meaning to would steer the play.
-        for (auto& [key, value] : ev.body.items()) {
-            auto err = top_level_key_error(key);
-            if (!err) continue;
-            ++counters_.events_rejected;
-            if (may_log(rejected_log_, "rejected events"))
-                spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(*err));
-            return answer(looper.name(), looper.generation(), ev.id, Result::rejected,
-                          std::nullopt, *err + " (ansible.event_variable: top-level)");
-        }
+    const Route* r = d.choice.route;
+    if (d.throttle_key &&
+        !throttler_.admit(*d.throttle_key, now_monotonic_usec(),
+                          static_cast<std::uint64_t>(r->throttle->once_within.count()))) {
+        ++counters_.events_throttled;
+        spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", ev.routing_key, r->name,
+                     r->throttle->per.text(), display_value(d.throttle_value),
+                     r->throttle->once_within.count() / 1000000);
+        answer(looper.name(), looper.generation(), ev.id, Result::throttled, std::nullopt);
+        return status_changed();
     }
-    Job job{next_job_++,   std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
-            looper.name(), looper.generation(),       std::move(pb.path), {},
-            false};
+    Job job;
+    job.id = next_job_++;
+    job.routing_key = std::move(ev.routing_key);
+    job.body = std::move(ev.body);
+    job.event_id = std::move(ev.id);
+    job.looper = looper.name();
+    job.generation = looper.generation();
+    job.playbook = std::move(d.playbook.path);
+    if (r) {
+        job.route = r->name;
+        if (d.serial) job.serial_value = display_value(d.serial_value);
+    }
     spdlog::debug("job {} queued: {} -> {}", job.id, job.routing_key, job.playbook);
     job.queued_usec = now_realtime_usec();
     JobId id = job.id;
     auto& stored = jobs_.emplace(id, std::move(job)).first->second;
     if (observer_) observer_->job_new(info(stored));
-    scheduler_.enqueue(id);
+    if (d.serial) {
+        if (auto replaced = scheduler_.enqueue(id, std::move(*d.serial), r->coalesce))
+            complete(*replaced, {Result::superseded, std::nullopt, {}, {}}, id);
+    } else {
+        scheduler_.enqueue(id);
+    }
     start_jobs();
     update_intake();
     status_changed();
+}
+
+Explanation Manager::explain(const std::string& routing_key, const std::string& looper,
+                             const json& body) const {
+    LiveState live{&scheduler_, &throttler_, now_monotonic_usec(), options_.instance};
+    return loopabull::explain(
+        config_, routing_key, looper, body,
+        [this](const std::string& rel) {
+            return find_playbook_at(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, rel);
+        },
+        &live);
 }
 
 void Manager::answer(const std::string& looper, std::uint64_t generation,
@@ -707,18 +751,12 @@ void Manager::start_jobs() {
 }
 
 std::optional<std::string> Manager::write_vars(Job& job) {
-    VarsOptions vo;
-    vo.trusted = config_.ansible.trusted_payloads;
-    vo.event_variable = config_.ansible.event_variable;
-    vo.own = {{"loopabull_routing_key", job.routing_key},
-              {"loopabull_job_id", std::to_string(job.id)},
-              {"loopabull_instance", options_.instance},
-              {"loopabull_looper", job.looper}};
-    if (job.event_id)
-        vo.own.emplace_back("loopabull_event_id", job.event_id->is_string()
-                                                      ? job.event_id->get<std::string>()
-                                                      : job.event_id->dump());
-    std::string text = render_vars(job.body, vo);
+    // The variables are built in one place (core/job-vars), which explain shows as well.
+    std::string text = job_vars_text(job.body,
+                                     {job.routing_key, std::to_string(job.id), options_.instance,
+                                      job.looper, job.event_id, job.route},
+                                     config_.ansible.trusted_payloads,
+                                     config_.ansible.event_variable);
     std::string path = vars_dir_ + "/job-" + std::to_string(job.id) + ".yml";
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd) return "cannot create vars file " + path + ": " + std::strerror(errno);
@@ -767,7 +805,7 @@ std::optional<std::string> Manager::launch(Job& job) {
     return std::nullopt;
 }
 
-void Manager::complete(JobId id, const Outcome& given) {
+void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> superseded_by) {
     auto node = jobs_.extract(id);
     if (node.empty()) return;
     Job& job = node.mapped();
@@ -784,10 +822,15 @@ void Manager::complete(JobId id, const Outcome& given) {
     log::Scope scope(f);
     if (outcome.result == Result::succeeded)
         ++counters_.jobs_succeeded;
+    else if (outcome.result == Result::superseded)
+        ++counters_.events_superseded;
     else
         ++counters_.jobs_failed;
-    if (outcome.result == Result::succeeded || outcome.result == Result::cancelled ||
-        outcome.result == Result::aborted)
+    if (superseded_by)
+        spdlog::info("job {} ({}) superseded by job {} (route '{}', value {})", id,
+                     job.routing_key, *superseded_by, job.route, job.serial_value);
+    else if (outcome.result == Result::succeeded || outcome.result == Result::cancelled ||
+             outcome.result == Result::aborted)
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
@@ -795,7 +838,7 @@ void Manager::complete(JobId id, const Outcome& given) {
     // result already says it, and the protocol carries an error only for other results.
     answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
            outcome.result == Result::timeout ? std::string() : outcome.error);
-    if (job.admitted) scheduler_.finished();
+    if (job.admitted) scheduler_.finished(id);
     auto done = info(job);
     done.state = "finished";
     done.finished_usec = now_realtime_usec();
@@ -803,6 +846,7 @@ void Manager::complete(JobId id, const Outcome& given) {
     done.exit_code = outcome.exit_code;
     done.unit = outcome.unit;
     done.error = error_text(outcome);
+    done.superseded_by = superseded_by;
     remember(done);
     if (observer_) observer_->job_removed(done);
     status_changed();
@@ -817,6 +861,8 @@ JobInfo Manager::info(const Job& job) const {
     i.looper = job.looper;
     i.queued_usec = job.queued_usec;
     i.started_usec = job.started_usec;
+    i.route = job.route;
+    i.serial_value = job.serial_value;
     return i;
 }
 

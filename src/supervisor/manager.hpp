@@ -2,6 +2,7 @@
 // The supervisor: owns the event loop, the loopers, the queue and the executor.
 #pragma once
 
+#include "core/dispatch.hpp"
 #include "core/config.hpp"
 #include "core/routing.hpp"
 #include "core/scheduler.hpp"
@@ -52,6 +53,9 @@ struct JobInfo {
     // Why a finished job did not succeed, as the log says it: "exit code 2", "timed out after
     // 30min", "cannot create scope ...: ..."; empty otherwise.
     std::string error;
+    std::string route;                 // the route that took it; empty without routes
+    std::string serial_value;          // its serialization value; empty when not serialized
+    std::optional<JobId> superseded_by; // a superseded job: the newer job that replaced it
 };
 
 struct LooperInfo {
@@ -85,6 +89,9 @@ struct Job {
     std::string aborted_by{}; // set when an operator cancelled it: its result is then "aborted"
     std::uint64_t queued_usec = 0;
     std::uint64_t started_usec = 0;
+    std::string route;        // the route that took it; empty without routes
+    std::string serial_value; // shown on D-Bus; empty when the route does not serialize
+    std::optional<JobId> superseded_by;
 };
 
 struct Counters {
@@ -93,6 +100,8 @@ struct Counters {
     std::uint64_t events_unrouted = 0;
     std::uint64_t jobs_succeeded = 0;
     std::uint64_t jobs_failed = 0; // failed, timeout, cancelled and aborted
+    std::uint64_t events_superseded = 0; // replaced by a newer event (coalesce)
+    std::uint64_t events_throttled = 0;  // not run: their value ran within the window
 };
 
 class Manager final : public LooperHost, public ExecutorHost {
@@ -113,6 +122,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     const std::string& instance() const noexcept { return options_.instance; }
     ManagerState state() const noexcept;
     const Counters& counters() const noexcept { return counters_; }
+    const Config& config() const noexcept { return config_; }
     std::size_t jobs_queued() const noexcept { return scheduler_.queued(); }
     std::size_t jobs_running() const noexcept { return scheduler_.running(); }
     std::vector<LooperInfo> loopers() const;
@@ -127,6 +137,10 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool may_log_refused_call() { return may_log(refused_log_, "refused D-Bus calls"); }
     void pause(); // no new events are taken; running jobs go on
     void resume();
+    // What would happen to this event now (routes, playbook, live serialization and throttle
+    // state), without queueing anything. looper: empty for any looper.
+    Explanation explain(const std::string& routing_key, const std::string& looper,
+                        const json& body) const;
     // The problems that kept the new configuration from being applied; empty on success.
     std::vector<std::string> reload();
     void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
@@ -157,7 +171,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::optional<std::string> launch(Job& job);
     std::optional<std::string> write_vars(Job& job);
     JobSpec job_spec(const Job& job) const;
-    void complete(JobId id, const Outcome& outcome);
+    void complete(JobId id, const Outcome& outcome, std::optional<JobId> superseded_by = {});
     void update_intake();
     void status_changed();
     void send_status();
@@ -177,6 +191,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     RoutingFilter filter_{{}};
     UniqueFd playbooks_dirfd_;
     Scheduler scheduler_{1, 1};
+    Throttler throttler_; // routes' throttle windows; kept across reloads
     std::unique_ptr<Executor> executor_;
     BusPtr scope_bus_; // to the manager that makes our scopes
     std::unique_ptr<ScopeManager> scopes_;
