@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // loopabull: argument parsing, then the manager.
+#include "core/config-describe.hpp"
+#include "core/config-migrate.hpp"
 #include "core/config.hpp"
 #include "supervisor/log.hpp"
+#include "supervisor/looper-check.hpp"
 #include "supervisor/manager.hpp"
 
 #include "build-config.h"
@@ -20,7 +23,8 @@ namespace {
 using namespace loopabull;
 
 constexpr const char* kUsage = R"(Usage: loopabull [OPTIONS] CONFIG
-       loopabull --check-config CONFIG
+       loopabull --check-config [-v] CONFIG
+       loopabull --migrate-config OLD-CONFIG
        loopabull --print-seccomp-policy [CONFIG]
 
 Turns events from looper processes into ansible-playbook runs.
@@ -32,7 +36,13 @@ Options:
   -b, --bus BUS            offer the D-Bus API on the system or user bus, or none
                            (default: system when started by the system manager, user
                            when started by a user manager, none otherwise)
-  -c, --check-config       validate CONFIG, list every problem as FILE:LINE:COL, exit
+  -c, --check-config       validate CONFIG, list every problem as FILE:LINE:COL, exit;
+                           bundled loopers check their own options too
+  -v, --verbose            with --check-config: print the effective configuration,
+                           and which program each looper runs (bundled or from PATH)
+  -m, --migrate-config     print OLD-CONFIG (a configuration of loopabull 0.0.7 or of
+                           the original README) in the current dialect, with comments
+                           where the meaning changed
   -p, --print-seccomp-policy
                            print the system calls playbooks may make (the default
                            policy, or CONFIG's executor.seccomp when CONFIG is given)
@@ -50,6 +60,8 @@ See loopabull(8), loopabull.yml(5) and loopabull-looper(7).
 struct Args {
     ManagerOptions options;
     bool check = false;
+    bool verbose = false;
+    bool migrate = false;
     bool print_seccomp = false;
     std::string bus = "auto";
 };
@@ -81,13 +93,15 @@ Args parse_args(int argc, char** argv) {
                                       {"log-level", required_argument, nullptr, 'l'},
                                       {"bus", required_argument, nullptr, 'b'},
                                       {"check-config", no_argument, nullptr, 'c'},
+                                      {"verbose", no_argument, nullptr, 'v'},
+                                      {"migrate-config", no_argument, nullptr, 'm'},
                                       {"print-seccomp-policy", no_argument, nullptr, 'p'},
                                       {"help", no_argument, nullptr, 'h'},
                                       {"version", no_argument, nullptr, 'V'},
                                       {nullptr, 0, nullptr, 0}};
     Args a;
     int c;
-    while ((c = getopt_long(argc, argv, "i:l:b:cphV", longopts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "i:l:b:cvmphV", longopts, nullptr)) != -1) {
         switch (c) {
         case 'i':
             a.options.instance = optarg;
@@ -102,6 +116,12 @@ Args parse_args(int argc, char** argv) {
             break;
         case 'c':
             a.check = true;
+            break;
+        case 'v':
+            a.verbose = true;
+            break;
+        case 'm':
+            a.migrate = true;
             break;
         case 'p':
             a.print_seccomp = true;
@@ -118,6 +138,9 @@ Args parse_args(int argc, char** argv) {
     }
     if (a.print_seccomp && optind == argc) return a;
     if (optind != argc - 1) usage_error("exactly one CONFIG file is required");
+    if (a.verbose && !a.check) usage_error("--verbose goes with --check-config");
+    if (a.migrate && (a.check || a.print_seccomp))
+        usage_error("--migrate-config goes alone with the file to convert");
     if (!valid_instance(a.options.instance))
         usage_error("invalid instance name '" + a.options.instance +
                     "': letters, digits, '_', '-' and '.' only");
@@ -157,13 +180,28 @@ int print_seccomp_policy(const Args& args) {
 int main(int argc, char** argv) {
     auto args = parse_args(argc, argv);
     if (args.print_seccomp) return print_seccomp_policy(args);
+    if (args.migrate) {
+        auto m = migrate_config(args.options.config_path, {args.options.looper_dir, true});
+        for (auto& e : m.errors)
+            std::fprintf(stderr, "%s\n", e.str().c_str());
+        if (!m.text) return 1;
+        std::fputs(m.text->c_str(), stdout);
+        return 0;
+    }
     auto load = load_config(args.options.config_path, {args.options.looper_dir, true});
     if (args.check) {
         for (auto& e : load.errors)
             std::fprintf(stderr, "%s\n", e.str().c_str());
         if (!load.config) return 1;
+        auto loopers = check_looper_options(*load.config, args.options.instance);
+        for (auto& w : loopers.warnings)
+            std::fprintf(stderr, "%s\n", w.c_str());
+        for (auto& p : loopers.problems)
+            std::fprintf(stderr, "%s\n", p.c_str());
+        if (!loopers.problems.empty()) return 1;
         std::printf("%s: OK (%s dialect, %zu looper(s))\n", args.options.config_path.c_str(),
                     load.config->dialect.c_str(), load.config->loopers.size());
+        if (args.verbose) std::fputs(describe_config(*load.config).c_str(), stdout);
         return 0;
     }
     log::setup(
