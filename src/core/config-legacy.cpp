@@ -15,15 +15,6 @@ const std::vector<std::string_view> kLegacyAnsibleKeys = {
     "playbooks_dir", "playbook_cmd",     "cfg_file_path", "inventory_path", "modules_dir",
     "layout",        "trusted_payloads", "environment",   "inventory",      "event_variable"};
 
-// playbook_cmd in the original was one string split on white space.
-std::vector<std::string> split_words(const std::string& s) {
-    std::istringstream in(s);
-    std::vector<std::string> words;
-    for (std::string w; in >> w;)
-        words.push_back(w);
-    return words;
-}
-
 void read_legacy_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (!r.mapping(node, "'ansible'", kLegacyAnsibleKeys)) return;
     read_playbooks_dir(r, node, c);
@@ -118,6 +109,14 @@ void read_legacy_plugins(Reader& r, const YAML::Node& node, Config& c) {
 
 
 } // namespace
+
+std::vector<std::string> split_words(const std::string& s) {
+    std::istringstream in(s);
+    std::vector<std::string> words;
+    for (std::string w; in >> w;)
+        words.push_back(w);
+    return words;
+}
 
 void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "legacy-readme";

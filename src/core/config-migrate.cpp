@@ -6,6 +6,8 @@
 // is returned, so what --migrate-config prints always passes --check-config.
 #include "core/config-migrate.hpp"
 
+#include "core/config-reader.hpp"
+
 #include <yaml-cpp/yaml.h>
 
 #include "build-config.h"
@@ -16,6 +18,8 @@
 namespace loopabull {
 
 namespace {
+
+using config_detail::split_words;
 
 // One scalar as YAML writes it (quoted where a plain scalar would change its meaning).
 std::string scalar(const std::string& s) {
@@ -87,14 +91,6 @@ std::string comment(const std::string& text, int indent) {
 std::string layout_name(const std::string& translator) {
     if (translator == "rkdirectory" || translator == "directory") return "directory";
     return "name";
-}
-
-std::vector<std::string> split_words(const std::string& s) {
-    std::istringstream in(s);
-    std::vector<std::string> words;
-    for (std::string w; in >> w;)
-        words.push_back(w);
-    return words;
 }
 
 std::string flow_list(const std::vector<std::string>& items) {

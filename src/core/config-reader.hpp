@@ -105,7 +105,9 @@ void read_environment(Reader& r, const YAML::Node& node, Config& c);
 void read_event_variable(Reader& r, const YAML::Node& node, Config& c);
 void read_executor(Reader& r, const YAML::Node& node, Config& c);
 
-// The dialects of the original loopabull (config-legacy.cpp).
+// The dialects of the original loopabull (config-legacy.cpp). playbook_cmd there was one
+// string that the original split on white space (and ran without a shell).
+std::vector<std::string> split_words(const std::string& s);
 void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c);
 void read_legacy_007(Reader& r, const YAML::Node& root, Config& c);
 
