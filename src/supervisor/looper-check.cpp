@@ -19,9 +19,9 @@ namespace loopabull {
 
 namespace {
 
-// The bundled loopers that take --check-config. spool joins when its own check lands (issue
-// 13); until then it would take the argument for its spool directory.
-constexpr std::array<std::string_view, 3> kSelfChecking = {"amqp", "fedmsg", "fedmsgrabbitmq"};
+// The bundled loopers that take --check-config (loopabull-looper(7)).
+constexpr std::array<std::string_view, 4> kSelfChecking = {"amqp", "fedmsg", "fedmsgrabbitmq",
+                                                           "spool"};
 
 struct Fd {
     int fd = -1;
@@ -57,12 +57,17 @@ std::string run_check(const LooperConfig& l, const Config& config, const std::st
     env.push_back("LOOPABULL_LOOPER=" + l.name);
     env.push_back("LOOPABULL_MAX_PARALLEL=" + std::to_string(config.executor.max_parallel));
     env.push_back("LOOPABULL_JOB_TIMEOUT=" + std::to_string(timeout_s));
+    // PROGRAM --check-config ARGS...: the looper's own arguments follow (spool's directory).
+    std::vector<std::string> args = l.command;
+    args.insert(args.begin() + 1, "--check-config");
     std::vector<char*> envp, argv;
     for (auto& e : env)
         envp.push_back(e.data());
     envp.push_back(nullptr);
-    std::string program = l.command.front(), flag = "--check-config";
-    argv = {program.data(), flag.data(), nullptr};
+    for (auto& a : args)
+        argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string& program = args.front();
 
     pid_t pid = fork();
     if (pid < 0) return std::string("fork: ") + strerror(errno);

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // `loopabull --check-config` asks each bundled looper to check its own options: the looper is
 // started as a run would start it (the same environment, its config in the file named by
-// LOOPABULL_CONFIG_FILE) with the single argument --check-config, and exits 0 when its options
-// are valid, non-zero with the problems on stderr otherwise (loopabull-looper(7)).
+// LOOPABULL_CONFIG_FILE), with --check-config before its own arguments, and exits 0 when its
+// options are valid, non-zero with the problems on stderr otherwise (loopabull-looper(7)).
 #pragma once
 
 #include "core/config.hpp"

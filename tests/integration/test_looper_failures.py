@@ -49,6 +49,18 @@ def test_check_config_runs_the_amqp_loopers_own_check(workdir):
     assert r.returncode == 0, r.stderr
 
 
+def test_check_config_runs_the_spool_loopers_own_check_with_its_arguments(workdir):
+    not_a_dir = workdir / "afile"
+    not_a_dir.write_text("")
+    cfg = base_config(workdir, [{"name": "sp", "command": ["spool", str(not_a_dir)]}])
+    f, r = check(workdir, cfg)
+    assert r.returncode == 1
+    assert f"{f}: looper sp: error: {not_a_dir} is not a directory" in r.stderr, r.stderr
+    cfg["loopers"][0]["command"] = ["spool", str(workdir / "spool-to-be")]
+    f, r = check(workdir, cfg)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_loopers_reason_is_logged_with_its_exit_at_warning(workdir, supervisor):
     # The reason is the looper's last line on stderr. Its own lines are logged at info, which
     # "loglevel: warning" hides; the exit and the failure carry it at warning and error.
