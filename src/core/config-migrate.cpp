@@ -210,7 +210,9 @@ std::string executor_section(const YAML::Node& e) {
             "longer is stopped (its whole process group) and answered \"timeout\". With an AMQP\n"
             "broker, keep it below the broker's consumer_timeout (30min by default).",
             2);
-        out += "  timeout: 30min\n";
+        // The default, which the old file gets too (whole seconds).
+        auto s = std::chrono::duration_cast<std::chrono::seconds>(ExecutorConfig{}.timeout);
+        out += "  timeout: " + std::to_string(s.count()) + "s\n";
     }
     return out;
 }
