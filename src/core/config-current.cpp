@@ -24,23 +24,49 @@ std::string bundled_list(const std::string& dir) {
     return out;
 }
 
-// The first word of a looper command: a bundled looper's name, or a path.
-void resolve_looper_command(Reader& r, const YAML::Node& at, std::vector<std::string>& cmd) {
-    auto& prog = cmd.front();
+// The directories a bare command name is looked up in: PATH, or the usual ones without it.
+std::string search_path() {
+    const char* env = std::getenv("PATH");
+    return env ? env : "/usr/local/bin:/usr/bin:/bin";
+}
+
+// A bare command name is looked up in PATH once, at load, so that a missing program is a
+// configuration error rather than a failure at every start.
+std::optional<std::string> find_in_path(const std::string& name) {
+    std::stringstream ss(search_path());
+    for (std::string dir; std::getline(ss, dir, ':');)
+        if (!dir.empty() && executable_file(dir + "/" + name)) return dir + "/" + name;
+    return std::nullopt;
+}
+
+// The first word of a looper command, found as systemd finds ExecStart='s program (a bare
+// name in the search path, systemd.service(5)), except that the bundled loopers come first:
+// a name with a '/' is a path (relative to the configuration's directory); a bare name is the
+// bundled looper of that name if there is one, else the program of that name in PATH.
+void resolve_looper_command(Reader& r, const YAML::Node& at, LooperConfig& lc) {
+    auto& prog = lc.command.front();
+    lc.command_as_written = prog;
     if (prog.find('/') != std::string::npos) {
+        lc.origin = LooperOrigin::path;
         prog = r.path(prog);
         if (r.options().check_files && !executable_file(prog))
             r.error(at, "looper command '" + prog + "' is not an executable file");
         return;
     }
     auto bundled = r.options().looper_dir + "/" + prog;
-    if (r.options().check_files && !executable_file(bundled)) {
-        r.error(at, "unknown looper '" + prog +
-                        "' (bundled loopers: " + bundled_list(r.options().looper_dir) +
-                        "); give your own looper as a path containing '/'");
+    if (!r.options().check_files || executable_file(bundled)) {
+        lc.origin = LooperOrigin::bundled;
+        prog = bundled;
         return;
     }
-    prog = bundled;
+    if (auto found = find_in_path(prog)) {
+        lc.origin = LooperOrigin::path_lookup;
+        prog = *found;
+        return;
+    }
+    r.error(at, "unknown looper '" + prog + "': not a bundled looper (bundled loopers: " +
+                    bundled_list(r.options().looper_dir) + ") and not found in PATH (" +
+                    search_path() + ")");
 }
 
 const std::vector<std::string_view> kLooperKeys = {
@@ -68,7 +94,7 @@ std::optional<LooperConfig> read_looper(Reader& r, const YAML::Node& node) {
         r.error(node, "looper '" + lc.name + "' has no 'command'");
     else if (auto c = r.strings(node["command"], "command", true)) {
         lc.command = std::move(*c);
-        resolve_looper_command(r, node["command"], lc.command);
+        resolve_looper_command(r, node["command"], lc);
     }
     if (auto c = node["config"]) {
         if (!c.IsMap() && !c.IsNull())
@@ -147,17 +173,6 @@ void read_layout(Reader& r, const YAML::Node& node, std::string_view key, Config
 bool is_directory(const std::string& p) {
     struct stat st {};
     return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// A bare command name is looked up in PATH once, at load, so that a missing ansible-playbook is
-// a configuration error rather than a failure of every job.
-std::optional<std::string> find_in_path(const std::string& name) {
-    const char* env = std::getenv("PATH");
-    std::string path = env ? env : "/usr/local/bin:/usr/bin:/bin";
-    std::stringstream ss(path);
-    for (std::string dir; std::getline(ss, dir, ':');)
-        if (!dir.empty() && executable_file(dir + "/" + name)) return dir + "/" + name;
-    return std::nullopt;
 }
 
 void resolve_playbook_cmd(Reader& r, const YAML::Node& at, std::vector<std::string>& cmd) {
@@ -239,6 +254,18 @@ void read_cfg_file(Reader& r, const YAML::Node& node, Config& c) {
     }
 }
 
+// The one variable that holds the body, or top-level (the original's form; loopabull.yml(5)).
+void read_event_variable(Reader& r, const YAML::Node& node, Config& c) {
+    auto name = r.string(node, "event_variable");
+    if (!name) return;
+    if (*name == "top-level")
+        c.ansible.event_variable.reset();
+    else if (auto err = event_variable_error(*name))
+        r.error(node, "'event_variable': " + *err + " (or 'top-level')");
+    else
+        c.ansible.event_variable = *name;
+}
+
 void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (!r.mapping(node, "'ansible'", kAnsibleKeys)) return;
     read_playbooks_dir(r, node, c);
@@ -256,16 +283,7 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (auto v = node["trusted_payloads"])
         c.ansible.trusted_payloads = r.boolean(v, "trusted_payloads").value_or(false);
     if (auto v = node["environment"]) read_environment(r, v, c);
-    if (auto v = node["event_variable"]) {
-        if (auto name = r.string(v, "event_variable")) {
-            if (*name == "top-level")
-                c.ansible.event_variable.reset();
-            else if (auto err = event_variable_error(*name))
-                r.error(v, "'event_variable': " + *err + " (or 'top-level')");
-            else
-                c.ansible.event_variable = *name;
-        }
-    }
+    if (auto v = node["event_variable"]) read_event_variable(r, v, c);
 }
 
 const std::vector<std::string_view> kExecutorKeys = {
@@ -388,9 +406,22 @@ void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
         r.error(node, "'loglevel' must be debug, info, warning or error, not '" + *s + "'");
 }
 
-const std::vector<std::string_view> kTopKeys = {"loglevel", "routing_keys", "runtime_dir",
-                                                "loopers",  "ansible",      "executor",
-                                                "routes"};
+const std::vector<std::string_view> kTopKeys = {
+    "loglevel", "routing_keys", "runtime_dir", "loopers",
+    "ansible",  "executor",     "routes",      "exit_without_loopers"};
+
+// "off", or a duration above 0.
+void read_exit_without_loopers(Reader& r, const YAML::Node& node, Config& c) {
+    if (node.IsScalar() && node.Scalar() == "off") {
+        c.exit_without_loopers.reset();
+        return;
+    }
+    auto d = r.duration(node, "exit_without_loopers");
+    if (d && d->count() == 0)
+        r.error(node, "'exit_without_loopers' must be more than 0, or off");
+    else if (d)
+        c.exit_without_loopers = *d;
+}
 
 void read_current(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "loopabull";
@@ -417,6 +448,7 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
         c.routes = parse_routes(v, looper_names(c), sink);
         if (r.options().check_files) check_route_playbooks(v, c.ansible.playbooks_dir, sink);
     }
+    if (auto v = root["exit_without_loopers"]) read_exit_without_loopers(r, v, c);
 }
 
 } // namespace loopabull::config_detail

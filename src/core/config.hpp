@@ -23,9 +23,18 @@ namespace loopabull {
 
 using usec = std::chrono::microseconds;
 
+// How a looper's program was found (loopabull --check-config -v and the log say it).
+enum class LooperOrigin {
+    bundled,     // a bare name of a looper in the looper directory
+    path_lookup, // a bare name found in PATH, as systemd's ExecStart= finds one
+    path,        // a name with a '/': a path, relative ones against the config's directory
+};
+
 struct LooperConfig {
     std::string name;
-    std::vector<std::string> command;
+    std::vector<std::string> command; // command[0] resolved to an absolute path
+    std::string command_as_written;   // command[0] as the configuration gave it
+    LooperOrigin origin = LooperOrigin::path;
     nlohmann::json config = nlohmann::json::object();
     usec restart_delay = std::chrono::seconds(1);
     usec restart_delay_max = std::chrono::minutes(1);
@@ -85,6 +94,8 @@ struct Config {
     std::vector<Route> routes; // empty: the routing key alone picks the playbook
     AnsibleConfig ansible;
     ExecutorConfig executor;
+    // With every looper failed this long, loopabull exits with status 1; nullopt: never.
+    std::optional<usec> exit_without_loopers = std::chrono::minutes(5);
 };
 
 struct LoadOptions {

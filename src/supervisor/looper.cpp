@@ -164,6 +164,7 @@ void Looper::spawn() {
     stderr_ = std::move(err.read);
     events_reader_ = LineReader(config_.max_line_length);
     log_reader_ = LineReader(16 * 1024);
+    last_words_.clear();
     outbox_.clear();
     outbox_warned_ = false;
 
@@ -279,8 +280,25 @@ void Looper::read_stderr() {
     // A looper's stderr quotes what outsiders sent it (file names, message fields): escaped, so
     // that a newline, CR or ESC sequence in them cannot forge or hide a log line.
     while (auto line = log_reader_.next())
-        spdlog::info("looper {}: {}{}", name(), escape_for_log(line->text),
-                     line->overlong ? " [...]" : "");
+        log_stderr_line(*line);
+}
+
+// What it wrote before it exited and we have not read yet: its reason is usually the last line.
+void Looper::drain_stderr() {
+    for (int i = 0; stderr_ && i < 64; ++i) {
+        auto area = log_reader_.prepare(kReadChunk);
+        ssize_t n = read(stderr_.get(), area.data(), area.size());
+        if (n <= 0) return;
+        log_reader_.commit(static_cast<std::size_t>(n));
+        while (auto line = log_reader_.next())
+            log_stderr_line(*line);
+    }
+}
+
+void Looper::log_stderr_line(const LineReader::Line& line) {
+    auto text = escape_for_log(line.text);
+    spdlog::info("looper {}: {}{}", name(), text, line.overlong ? " [...]" : "");
+    if (!text.empty()) last_words_ = text.substr(0, 512);
 }
 
 void Looper::answer(std::uint64_t generation, const std::string& line) {
@@ -339,10 +357,18 @@ void Looper::process_exited(const siginfo_t& si) {
     forget_child(pid_);
     child_source_.reset();
     bool expected = state_ == LooperState::stopping;
-    if (expected)
+    if (expected) {
         spdlog::info("looper {} (pid {}) {}", name(), pid_, exit_description(si));
-    else
-        spdlog::warn("looper {} (pid {}) {}", name(), pid_, exit_description(si));
+    } else {
+        // Its reason goes with the warning: its own stderr lines are logged at info, which a
+        // common "loglevel: warning" hides.
+        drain_stderr();
+        if (last_words_.empty())
+            spdlog::warn("looper {} (pid {}) {}", name(), pid_, exit_description(si));
+        else
+            spdlog::warn("looper {} (pid {}) {}; its last words: {}", name(), pid_,
+                         exit_description(si), last_words_);
+    }
     // What it wrote before it died is still taken (within the pipe's capacity); only a
     // descendant could still hold the pipe, and it is not waited for.
     if (stdout_) {
@@ -386,8 +412,9 @@ void Looper::schedule_restart() {
     if (config_.restart_limit && quick_failures_ >= config_.restart_limit) {
         state_ = LooperState::failed;
         spdlog::error("looper {} failed: it stopped {} times in a row within {} s of starting; "
-                      "not restarting it until the configuration is reloaded",
-                      name(), quick_failures_, config_.restart_delay_max.count() / 1000000.0);
+                      "not restarting it until the configuration is reloaded{}{}",
+                      name(), quick_failures_, config_.restart_delay_max.count() / 1000000.0,
+                      last_words_.empty() ? "" : "; its last words: ", last_words_);
         host_.looper_stopped(*this);
         return;
     }

@@ -103,6 +103,10 @@ class Looper {
     SourcePtr stdin_source_, stdout_source_, stderr_source_, child_source_, timer_, defer_;
     LineReader events_reader_;
     LineReader log_reader_{16 * 1024};
+    // Its last line on stderr: the reason it gives, logged with an unexpected exit.
+    std::string last_words_;
+    void drain_stderr();
+    void log_stderr_line(const LineReader::Line& line); // escaped; remembered as last words
     std::string outbox_;
     bool outbox_warned_ = false;
     bool batching_ = false; // dispatching a read's lines: answers wait for its end

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/manager.hpp"
+#include "core/config-describe.hpp"
 
 #include "core/varsfile.hpp"
 #include "supervisor/bus-api.hpp"
@@ -161,6 +162,8 @@ std::string_view to_string(ManagerState s) noexcept {
         return "paused";
     case ManagerState::stopping:
         return "stopping";
+    case ManagerState::failed:
+        return "failed";
     }
     return "running";
 }
@@ -202,6 +205,11 @@ void Manager::setup_event_loop() {
           "status timer");
     status_timer_.reset(s);
     sd_event_source_set_description(s, "status");
+    sd_event_source_set_enabled(s, SD_EVENT_OFF);
+    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_no_looper_timeout, this),
+          "no-looper timer");
+    no_looper_timer_.reset(s);
+    sd_event_source_set_description(s, "exit-without-loopers");
     sd_event_source_set_enabled(s, SD_EVENT_OFF);
     check(sd_event_add_defer(e, &s, on_reap, this), "reaper");
     reaper_.reset(s);
@@ -353,6 +361,7 @@ void Manager::apply(Config config) {
     apply_loopers(wanted);
     start_jobs();
     update_intake();
+    check_loopers_failed();
 }
 
 // The scope executor's connection is made once, to one manager: at start, the scopes a killed
@@ -467,6 +476,7 @@ void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
             std::make_unique<Looper>(event_.get(), *this, lc, options_.instance,
                                      config_.executor.max_parallel, config_.executor.timeout);
         auto& ref = *looper;
+        spdlog::info("looper {}: {}", lc.name, describe_looper_program(lc));
         loopers_.emplace(lc.name, std::move(looper));
         if (!intake_open_) ref.pause();
         ref.start();
@@ -568,7 +578,7 @@ int Manager::on_stop_timeout(sd_event_source*, uint64_t, void* userdata) noexcep
 void Manager::stop_loopers() {
     sd_event_source_set_enabled(stop_timer_.get(), SD_EVENT_OFF);
     if (loopers_.empty() && retiring_.empty()) {
-        sd_event_exit(event_.get(), 0);
+        sd_event_exit(event_.get(), exit_status_);
         return;
     }
     // Copy: stop() may report back synchronously.
@@ -581,7 +591,56 @@ void Manager::stop_loopers() {
 
 void Manager::looper_stopped(Looper&) {
     sd_event_source_set_enabled(reaper_.get(), SD_EVENT_ONESHOT);
+    check_loopers_failed();
     status_changed();
+}
+
+bool Manager::all_loopers_failed() const {
+    if (loopers_.empty()) return false;
+    return std::all_of(loopers_.begin(), loopers_.end(),
+                       [](auto& l) { return l.second->state() == LooperState::failed; });
+}
+
+// With every looper failed nothing comes in, yet the process looks alive: the state, STATUS=
+// and an error say so, and after exit_without_loopers loopabull exits with status 1, so that a
+// Type=simple unit (the original's) and Restart= see the failure as well as Type=notify ones.
+void Manager::check_loopers_failed() {
+    if (stopping_) return;
+    bool failed = all_loopers_failed();
+    if (failed == loopers_failed_) return;
+    loopers_failed_ = failed;
+    if (!failed) {
+        sd_event_source_set_enabled(no_looper_timer_.get(), SD_EVENT_OFF);
+        spdlog::info("a looper runs again");
+        return;
+    }
+    auto& after = config_.exit_without_loopers;
+    if (after) {
+        spdlog::error("every looper has failed: no events come in; loopabull exits in {} s "
+                      "unless a reload starts them again (exit_without_loopers)",
+                      after->count() / 1000000.0);
+        sd_event_source_set_time_relative(no_looper_timer_.get(),
+                                          static_cast<uint64_t>(after->count()));
+        sd_event_source_set_enabled(no_looper_timer_.get(), SD_EVENT_ONESHOT);
+    } else {
+        spdlog::error("every looper has failed: no events come in until a reload starts them "
+                      "again");
+    }
+}
+
+int Manager::on_no_looper_timeout(sd_event_source*, uint64_t, void* userdata) noexcept {
+    auto self = static_cast<Manager*>(userdata);
+    if (!self->all_loopers_failed()) return 0;
+    spdlog::critical("every looper has been failed for exit_without_loopers: exiting with "
+                     "status 1");
+    self->exit_status_ = 1;
+    try {
+        self->begin_stop();
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return sd_event_exit(self->event_.get(), 1);
+    }
+    return 0;
 }
 
 // Stopped loopers are freed here, outside their own callbacks.
@@ -592,7 +651,7 @@ int Manager::on_reap(sd_event_source*, void* userdata) noexcept {
     for (auto& [name, l] : self->loopers_)
         if (l->state() != LooperState::stopped && l->state() != LooperState::failed) return 0;
     spdlog::info("stopped");
-    return sd_event_exit(self->event_.get(), 0);
+    return sd_event_exit(self->event_.get(), self->exit_status_);
 }
 
 void Manager::looper_line(Looper& looper, const LineReader::Line& line) {
@@ -874,6 +933,7 @@ void Manager::remember(JobInfo finished) {
 ManagerState Manager::state() const noexcept {
     if (stopping_) return ManagerState::stopping;
     if (!started_) return ManagerState::starting;
+    if (loopers_failed_) return ManagerState::failed;
     return paused_ ? ManagerState::paused : ManagerState::running;
 }
 
@@ -967,6 +1027,9 @@ void Manager::send_status() {
                     to_string(state()), scheduler_.running(), scheduler_.queued(),
                     counters_.jobs_succeeded, counters_.jobs_failed, counters_.events_rejected,
                     scope_error_.empty() ? "" : "; ", scope_error_);
+    if (state() == ManagerState::failed)
+        status = "STATUS=failed: every looper has failed, no events come in (" +
+                 status.substr(std::string_view("STATUS=failed: ").size()) + ")";
     sd_notify(0, status.c_str());
 }
 

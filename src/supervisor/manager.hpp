@@ -35,7 +35,9 @@ struct ManagerOptions {
     BusKind bus = BusKind::none; // where the D-Bus API is offered
 };
 
-enum class ManagerState { starting, running, paused, stopping };
+// failed: every configured looper has failed (no events can come in) until a reload starts
+// them again; loopabull exits after exit_without_loopers in that state (since 0.2).
+enum class ManagerState { starting, running, paused, stopping, failed };
 std::string_view to_string(ManagerState s) noexcept;
 
 // A job as status and control see it: queued, running, or recently finished.
@@ -151,6 +153,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     static int on_stop_timeout(sd_event_source*, uint64_t, void*) noexcept;
     static int on_status_timer(sd_event_source*, uint64_t, void*) noexcept;
     static int on_reap(sd_event_source*, void*) noexcept;
+    static int on_no_looper_timeout(sd_event_source*, uint64_t, void*) noexcept;
 
     void setup_event_loop();
     void setup_runtime_dir();
@@ -161,6 +164,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::optional<CgroupMode> cgroup_mode(const ExecutorConfig& e);
     void setup_containment();
     void begin_stop();
+    bool all_loopers_failed() const;
+    void check_loopers_failed();
     void stop_loopers();
 
     void reject(Looper& looper, const std::optional<json>& id, const std::string& reason);
@@ -187,7 +192,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     ManagerOptions options_;
     Config config_;
     EventPtr event_;
-    SourcePtr sigterm_, sigint_, sighup_, stop_timer_, status_timer_, reaper_;
+    SourcePtr sigterm_, sigint_, sighup_, stop_timer_, status_timer_, reaper_, no_looper_timer_;
     RoutingFilter filter_{{}};
     UniqueFd playbooks_dirfd_;
     Scheduler scheduler_{1, 1};
@@ -225,6 +230,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool intake_open_ = true;
     bool status_dirty_ = false;
     bool notify_ = false;
+    bool loopers_failed_ = false; // all_loopers_failed() when last checked
+    int exit_status_ = 0;         // 1 after exit_without_loopers ran out
 };
 
 } // namespace loopabull
