@@ -130,4 +130,4 @@ def test_unknown_bundled_looper_is_a_clear_error(workdir):
                        env={**os.environ, "LOOPABULL_LOOPER_DIR": str(LOOPER_DIR)})
     assert r.returncode == 1
     assert (f"{cfg}:4:14: unknown looper 'nosuchlooper' (bundled loopers: amqp, fedmsg, "
-            "fedmsgrabbitmq, spool)") in r.stderr
+            "fedmsgrabbitmq, journal, spool, webhook)") in r.stderr
