@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-#include "journal.hpp"
+#include "journal/journal.hpp"
 
-#include "loopabull/routing.hpp"
+#include "core/routing.hpp"
 
 #include <set>
 
@@ -10,13 +10,15 @@ namespace loopabull::journal {
 namespace {
 
 std::string base64(std::string_view in) {
-    static constexpr char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static constexpr char table[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     std::string out;
     out.reserve((in.size() + 2) / 3 * 4);
     std::size_t i = 0;
     for (; i + 2 < in.size(); i += 3) {
         unsigned v = (static_cast<unsigned char>(in[i]) << 16) |
-                     (static_cast<unsigned char>(in[i + 1]) << 8) | static_cast<unsigned char>(in[i + 2]);
+                     (static_cast<unsigned char>(in[i + 1]) << 8) |
+                     static_cast<unsigned char>(in[i + 2]);
         out += table[v >> 18];
         out += table[(v >> 12) & 63];
         out += table[(v >> 6) & 63];
@@ -39,7 +41,11 @@ std::size_t utf8_valid_prefix(std::string_view s, bool& control) {
     std::size_t i = 0;
     while (i < s.size()) {
         auto c = static_cast<unsigned char>(s[i]);
-        std::size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        std::size_t n = c < 0x80         ? 1
+                        : (c >> 5) == 6  ? 2
+                        : (c >> 4) == 14 ? 3
+                        : (c >> 3) == 30 ? 4
+                                         : 0;
         if (n == 0 || i + n > s.size()) return i;
         if (n == 2 && c < 0xc2) return i;
         for (std::size_t k = 1; k < n; ++k)
@@ -124,7 +130,8 @@ std::string KeyTemplate::expand(const std::map<std::string, std::string>& fields
     return key;
 }
 
-json entry_body(const std::vector<std::pair<std::string, std::string>>& fields, std::size_t max_size) {
+json entry_body(const std::vector<std::pair<std::string, std::string>>& fields,
+                std::size_t max_size) {
     json text = json::object(), binary = json::object(), truncated = json::array();
     for (const auto& [name, value] : fields) {
         if (text.contains(name) || binary.contains(name)) continue; // the first of repeated fields
@@ -149,8 +156,9 @@ json entry_body(const std::vector<std::pair<std::string, std::string>>& fields, 
 }
 
 Options parse_options(const json& config, const std::string& default_state) {
-    static const std::set<std::string> known = {"journal", "matches", "routing_key", "start",
-                                                "max_field_size", "max_in_flight", "state_directory"};
+    static const std::set<std::string> known = {"journal",        "matches",        "routing_key",
+                                                "start",          "max_field_size", "max_in_flight",
+                                                "state_directory"};
     for (const auto& item : config.items())
         if (!known.contains(item.key())) throw OptionError("unknown key '" + item.key() + "'");
     Options o;
@@ -161,7 +169,8 @@ Options parse_options(const json& config, const std::string& default_state) {
         return it->get<std::string>();
     };
     auto journal = str("journal", "system");
-    if (journal != "system" && journal != "user") throw OptionError("journal must be system or user");
+    if (journal != "system" && journal != "user")
+        throw OptionError("journal must be system or user");
     o.user = journal == "user";
     auto start = str("start", "now");
     if (start != "now" && start != "head") throw OptionError("start must be now or head");
@@ -170,7 +179,8 @@ Options parse_options(const json& config, const std::string& default_state) {
         if (!it->is_array()) throw OptionError("matches must be a list of FIELD=value or +");
         for (const auto& m : *it) {
             if (!m.is_string()) throw OptionError("matches must be a list of strings");
-            if (auto error = match_error(m.get<std::string>())) throw OptionError("matches: " + *error);
+            if (auto error = match_error(m.get<std::string>()))
+                throw OptionError("matches: " + *error);
             o.matches.push_back(m.get<std::string>());
         }
     }
@@ -180,8 +190,10 @@ Options parse_options(const json& config, const std::string& default_state) {
     auto number = [&](const char* key, std::size_t fallback, std::size_t min) {
         auto it = config.find(key);
         if (it == config.end()) return fallback;
-        if (!it->is_number_unsigned() || it->get<std::size_t>() < min || it->get<std::size_t>() > (1u << 20))
-            throw OptionError(std::string(key) + " must be a whole number from " + std::to_string(min));
+        if (!it->is_number_unsigned() || it->get<std::size_t>() < min ||
+            it->get<std::size_t>() > (1u << 20))
+            throw OptionError(std::string(key) + " must be a whole number from " +
+                              std::to_string(min));
         return it->get<std::size_t>();
     };
     o.max_field_size = number("max_field_size", o.max_field_size, 64);

@@ -24,12 +24,12 @@ struct OptionError : std::runtime_error {
 };
 
 struct Options {
-    bool user = false;          // journal: user (the user's own journal) or system (default)
-    bool from_head = false;     // start: head (everything kept) or now (default), without a cursor
+    bool user = false;      // journal: user (the user's own journal) or system (default)
+    bool from_head = false; // start: head (everything kept) or now (default), without a cursor
     // journalctl's syntax: "FIELD=value" terms; terms of one field are alternatives, of different
     // fields all required; "+" separates groups of which any may match (sd_journal_add_match(3)).
     std::vector<std::string> matches;
-    std::string routing_key;     // template: literal text and {FIELD}
+    std::string routing_key; // template: literal text and {FIELD}
     std::size_t max_field_size = 16 * 1024;
     std::size_t max_in_flight = 16;
     std::string state_directory;

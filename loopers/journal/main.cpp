@@ -6,8 +6,8 @@
 // entry only once loopabull has answered that entry and every one before it, so a restart
 // resumes after the last entry known done: at least once, repeating at most what was in flight.
 
-#include "journal.hpp"
-#include "looper-kit.hpp"
+#include "journal/journal.hpp"
+#include "kit/looper-kit.hpp"
 
 #include <systemd/sd-journal.h>
 
@@ -68,12 +68,16 @@ class Cursor {
     // Durable before it returns: a temporary file, fsync, rename, fsync of the directory.
     void save(const std::string& cursor) {
         if (cursor == saved_) return;
-        UniqueFd fd(::openat(dirfd_.get(), ".cursor.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+        UniqueFd fd(
+            ::openat(dirfd_.get(), ".cursor.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
         std::string text = cursor + "\n";
-        if (!fd || ::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
-            ::fsync(fd.get()) != 0 || ::renameat(dirfd_.get(), ".cursor.tmp", dirfd_.get(), "cursor") != 0 ||
+        if (!fd ||
+            ::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+            ::fsync(fd.get()) != 0 ||
+            ::renameat(dirfd_.get(), ".cursor.tmp", dirfd_.get(), "cursor") != 0 ||
             ::fsync(dirfd_.get()) != 0)
-            throw std::runtime_error("cannot save the cursor in " + dir_ + ": " + errno_text(errno));
+            throw std::runtime_error("cannot save the cursor in " + dir_ + ": " +
+                                     errno_text(errno));
         saved_ = cursor;
     }
 
@@ -111,14 +115,15 @@ class Follower {
     jl::KeyTemplate template_;
     Cursor& cursor_;
     JournalPtr j_;
-    std::string skip_;  // the saved cursor's entry, already answered, seen again after seeking
+    std::string skip_; // the saved cursor's entry, already answered, seen again after seeking
     std::deque<InFlight> in_flight_;
     kit::Outbox out_;
 };
 
 void Follower::open() {
     sd_journal* j = nullptr;
-    int flags = (options_.user ? SD_JOURNAL_CURRENT_USER : SD_JOURNAL_SYSTEM) | SD_JOURNAL_LOCAL_ONLY;
+    int flags =
+        (options_.user ? SD_JOURNAL_CURRENT_USER : SD_JOURNAL_SYSTEM) | SD_JOURNAL_LOCAL_ONLY;
     int r = sd_journal_open(&j, flags);
     if (r < 0) throw std::runtime_error("cannot open the journal: " + sd_error(r));
     j_.reset(j);
@@ -148,7 +153,8 @@ void Follower::open() {
         log("following the journal from now");
     }
     // Makes the descriptor exist (inotify) before the first poll.
-    if (sd_journal_get_fd(j) < 0) throw std::runtime_error("the journal gives no descriptor to wait on");
+    if (sd_journal_get_fd(j) < 0)
+        throw std::runtime_error("the journal gives no descriptor to wait on");
 }
 
 int Follower::timeout_ms() const {
@@ -156,7 +162,8 @@ int Follower::timeout_ms() const {
     if (sd_journal_get_timeout(j_.get(), &t) < 0 || t == UINT64_MAX) return 1000;
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
+    uint64_t now =
+        static_cast<uint64_t>(ts.tv_sec) * 1000000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
     return t <= now ? 0 : static_cast<int>(std::min<uint64_t>((t - now + 999) / 1000, 1000));
 }
 

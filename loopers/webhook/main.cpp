@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //
-// webhook: the bundled looper that receives authenticated HTTP(S) webhooks (man/loopabull-webhook.7).
+// webhook: the bundled looper that receives authenticated HTTP(S) webhooks
+// (man/loopabull-webhook.7).
 //
 // One thread: libmicrohttpd (what systemd-journal-remote uses for the same job) runs in
 // "external select" mode on its epoll descriptor, polled with the supervisor's pipes and the stop
@@ -8,8 +9,8 @@
 // fsync of the directory) before the client hears 202, and leaves it only when loopabull has
 // answered for it; what is there at start is sent again.
 
-#include "looper-kit.hpp"
-#include "webhook.hpp"
+#include "kit/looper-kit.hpp"
+#include "webhook/webhook.hpp"
 
 #include <gnutls/gnutls.h>
 #include <microhttpd.h>
@@ -93,7 +94,8 @@ class RateLog {
             ++s.suppressed;
             return;
         }
-        std::string more = s.suppressed ? " (and " + std::to_string(s.suppressed) + " more like it)" : "";
+        std::string more =
+            s.suppressed ? " (and " + std::to_string(s.suppressed) + " more like it)" : "";
         log(text, more);
         s.logged = now;
         s.suppressed = 0;
@@ -178,7 +180,8 @@ class ReplayCache {
 // ---- The spool ------------------------------------------------------------------------------
 
 void fsync_dir(int dir) {
-    if (::fsync(dir) != 0) throw std::runtime_error("fsync of the spool directory: " + errno_text(errno));
+    if (::fsync(dir) != 0)
+        throw std::runtime_error("fsync of the spool directory: " + errno_text(errno));
 }
 
 class Spool {
@@ -190,7 +193,8 @@ class Spool {
         make_dir(path_ + "/failed");
         dir_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
         failed_ = UniqueFd(::open((path_ + "/failed").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-        if (!dir_ || !failed_) throw std::runtime_error("cannot open " + path_ + ": " + errno_text(errno));
+        if (!dir_ || !failed_)
+            throw std::runtime_error("cannot open " + path_ + ": " + errno_text(errno));
     }
     const std::string& path() const { return path_; }
 
@@ -204,7 +208,8 @@ class Spool {
                 std::string tmp = "." + id + ".tmp";
                 UniqueFd fd(::openat(dir_.get(), tmp.c_str(),
                                      O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-                if (!fd) throw std::runtime_error("cannot create " + tmp + ": " + errno_text(errno));
+                if (!fd)
+                    throw std::runtime_error("cannot create " + tmp + ": " + errno_text(errno));
                 std::string_view rest = line;
                 while (!rest.empty()) {
                     ssize_t n = ::write(fd.get(), rest.data(), rest.size());
@@ -243,7 +248,8 @@ class Spool {
             return;
         }
         std::string reason = name + ".reason";
-        UniqueFd fd(::openat(failed_.get(), reason.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+        UniqueFd fd(::openat(failed_.get(), reason.c_str(),
+                             O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
         if (fd) (void)!::write(fd.get(), why.data(), why.size());
     }
 
@@ -257,7 +263,8 @@ class Spool {
         while (const dirent* e = ::readdir(d.get())) {
             std::string_view n(e->d_name);
             if (n.starts_with(".") && n.ends_with(".tmp")) ::unlinkat(dir_.get(), e->d_name, 0);
-            if (!n.starts_with(".") && n.ends_with(".json")) names.emplace_back(n.substr(0, n.size() - 5));
+            if (!n.starts_with(".") && n.ends_with(".json"))
+                names.emplace_back(n.substr(0, n.size() - 5));
         }
         std::sort(names.begin(), names.end());
         std::vector<std::pair<std::string, std::string>> out;
@@ -300,9 +307,6 @@ struct Request {
     std::optional<std::pair<unsigned, std::string>> ready; // status and body once resumed
 };
 
-class Server;
-Server* g_server = nullptr;
-
 class Server {
   public:
     Server(wh::Options options, Spool& spool)
@@ -341,7 +345,7 @@ class Server {
     std::string cert_, key_, ca_;
     kit::Outbox out_;
     std::deque<std::pair<std::string, std::string>> to_send_; // spooled, not yet written
-    std::unordered_map<std::string, Request*> in_flight_; // id -> sync request or nullptr
+    std::unordered_map<std::string, Request*> in_flight_;     // id -> sync request or nullptr
     std::size_t spooled_ = 0;
     std::vector<Request*> waiting_; // suspended synchronous requests
     unsigned long counter_ = 0;
@@ -355,7 +359,8 @@ std::string client_address(MHD_Connection* c) {
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, host, sizeof host);
     else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, host, sizeof host);
+        inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, host,
+                  sizeof host);
     return host;
 }
 
@@ -402,7 +407,8 @@ MHD_Result Server::respond(MHD_Connection* c, Request* r, unsigned status, const
                            (detail.empty() ? "" : ": " + shortened(detail)));
     }
     std::string text = body.dump() + "\n";
-    MHD_Response* resp = MHD_create_response_from_buffer(text.size(), text.data(), MHD_RESPMEM_MUST_COPY);
+    MHD_Response* resp =
+        MHD_create_response_from_buffer(text.size(), text.data(), MHD_RESPMEM_MUST_COPY);
     if (!resp) return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", "application/json");
     if (status == MHD_HTTP_TOO_MANY_REQUESTS || status == MHD_HTTP_SERVICE_UNAVAILABLE)
@@ -432,15 +438,19 @@ MHD_Result Server::handle(MHD_Connection* c, const char* url, const char* method
         for (const auto& e : options_.endpoints)
             if (e.path == url) r->endpoint = &e;
         if (!r->endpoint)
-            return respond(c, r, MHD_HTTP_NOT_FOUND, {{"error", "no such endpoint"}}, "no endpoint", url);
+            return respond(c, r, MHD_HTTP_NOT_FOUND, {{"error", "no such endpoint"}}, "no endpoint",
+                           url);
         if (std::string_view(method) != "POST")
-            return respond(c, r, MHD_HTTP_METHOD_NOT_ALLOWED, {{"error", "only POST"}}, "method", method);
+            return respond(c, r, MHD_HTTP_METHOD_NOT_ALLOWED, {{"error", "only POST"}}, "method",
+                           method);
         if (!rates_.allow(r->client))
-            return respond(c, r, MHD_HTTP_TOO_MANY_REQUESTS, {{"error", "too many requests"}}, "rate");
+            return respond(c, r, MHD_HTTP_TOO_MANY_REQUESTS, {{"error", "too many requests"}},
+                           "rate");
         if (!client_cert_ok(c))
-            return respond(c, r, MHD_HTTP_FORBIDDEN, {{"error", "a client certificate is required"}},
-                           "client certificate");
-        if (const char* length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length")) {
+            return respond(c, r, MHD_HTTP_FORBIDDEN,
+                           {{"error", "a client certificate is required"}}, "client certificate");
+        if (const char* length =
+                MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length")) {
             char* end = nullptr;
             unsigned long long n = std::strtoull(length, &end, 10);
             if (n > options_.limits.max_body)
@@ -455,11 +465,13 @@ MHD_Result Server::handle(MHD_Connection* c, const char* url, const char* method
             return MHD_YES;
         }
         if (Clock::now() - r->started > options_.limits.request_timeout) {
-            g_ratelog.line("timeout", "closing a request from " + r->client + ": slower than request_timeout");
+            g_ratelog.line("timeout",
+                           "closing a request from " + r->client + ": slower than request_timeout");
             return MHD_NO;
         }
         if (r->body.size() + *size > options_.limits.max_body) {
-            g_ratelog.line("body size", "closing a request from " + r->client + ": body larger than max_body");
+            g_ratelog.line("body size",
+                           "closing a request from " + r->client + ": body larger than max_body");
             return MHD_NO; // chunked: MHD cannot answer in the middle of a body
         }
         r->body.append(data, *size);
@@ -490,14 +502,17 @@ MHD_Result Server::accept(MHD_Connection* c, Request* r) {
     auto replay = wh::replay_key(ep, headers);
     if (replay) {
         if (auto previous = replays_.seen(*replay))
-            return respond(c, r, MHD_HTTP_CONFLICT, {{"error", "already delivered"}, {"id", *previous}},
-                           "replay", "same delivery as " + *previous);
+            return respond(c, r, MHD_HTTP_CONFLICT,
+                           {{"error", "already delivered"}, {"id", *previous}}, "replay",
+                           "same delivery as " + *previous);
     }
     auto made = wh::make_events(ep, headers, r->body);
     if (!made.error.empty())
-        return respond(c, r, MHD_HTTP_BAD_REQUEST, {{"error", made.error}}, "bad request", made.error);
+        return respond(c, r, MHD_HTTP_BAD_REQUEST, {{"error", made.error}}, "bad request",
+                       made.error);
     if (spooled_ + made.events.size() > options_.limits.max_spooled)
-        return respond(c, r, MHD_HTTP_SERVICE_UNAVAILABLE, {{"error", "the spool is full"}}, "spool full");
+        return respond(c, r, MHD_HTTP_SERVICE_UNAVAILABLE, {{"error", "the spool is full"}},
+                       "spool full");
 
     // What a playbook sees besides the payload: the request's headers, minus the credential.
     json hdrs = json::object();
@@ -521,7 +536,8 @@ MHD_Result Server::accept(MHD_Connection* c, Request* r) {
     std::vector<std::pair<std::string, std::string>> lines;
     std::size_t n = 0;
     for (auto& e : made.events) {
-        std::string id = made.events.size() == 1 ? request_id : request_id + "-" + std::to_string(++n);
+        std::string id =
+            made.events.size() == 1 ? request_id : request_id + "-" + std::to_string(++n);
         json body = {{"payload", std::move(e.payload)},
                      {"headers", hdrs},
                      {"endpoint", ep.path},
@@ -530,9 +546,10 @@ MHD_Result Server::accept(MHD_Connection* c, Request* r) {
                      {"request_id", request_id}};
         auto line = kit::event_line(e.routing_key, body, id);
         if (!line)
-            return respond(c, r, MHD_HTTP_CONTENT_TOO_LARGE,
-                           {{"error", "the event would exceed the supervisor's line limit, or is not UTF-8"}},
-                           "event size");
+            return respond(
+                c, r, MHD_HTTP_CONTENT_TOO_LARGE,
+                {{"error", "the event would exceed the supervisor's line limit, or is not UTF-8"}},
+                "event size");
         lines.emplace_back(std::move(id), std::move(*line));
     }
     try {
@@ -602,7 +619,8 @@ void Server::answer(std::string_view line) {
         return;
     }
     std::string result = kit::string_field(a, "result").value_or("");
-    std::string reason = kit::string_field(a, "reason").value_or(kit::string_field(a, "error").value_or(""));
+    std::string reason =
+        kit::string_field(a, "reason").value_or(kit::string_field(a, "error").value_or(""));
     Request* sync = it->second;
     in_flight_.erase(it);
     if (result == "cancelled") {
@@ -610,8 +628,10 @@ void Server::answer(std::string_view line) {
         --spooled_;
     } else {
         --spooled_;
-        if (result == "failed" || result == "timeout" || result == "rejected" || result == "aborted") {
-            log(*id, ": ", result, reason.empty() ? "" : ": " + shortened(reason), "; moving it to failed/");
+        if (result == "failed" || result == "timeout" || result == "rejected" ||
+            result == "aborted") {
+            log(*id, ": ", result, reason.empty() ? "" : ": " + shortened(reason),
+                "; moving it to failed/");
             spool_.move_to_failed(*id, result + (reason.empty() ? "" : ": " + reason) + "\n");
         } else {
             // succeeded, unrouted, superseded, throttled, and results this looper does not know
@@ -638,8 +658,8 @@ void Server::resend_spool() {
     pump();
 }
 
-MHD_Result on_access(void* cls, MHD_Connection* c, const char* url, const char* method,
-                     const char*, const char* data, size_t* size, void** con_cls) noexcept {
+MHD_Result on_access(void* cls, MHD_Connection* c, const char* url, const char* method, const char*,
+                     const char* data, size_t* size, void** con_cls) noexcept {
     try {
         return static_cast<Server*>(cls)->handle(c, url, method, data, size, con_cls);
     } catch (const std::exception& e) {
@@ -712,7 +732,8 @@ void Server::start() {
             {MHD_OPTION_CONNECTION_TIMEOUT, static_cast<intptr_t>(l.idle_timeout.count()), nullptr},
             // The per-connection pool holds the request line and headers: its size is the
             // header limit (MHD answers 431 beyond it); a little more for the response's headers.
-            {MHD_OPTION_CONNECTION_MEMORY_LIMIT, static_cast<intptr_t>(l.max_header + 4096), nullptr},
+            {MHD_OPTION_CONNECTION_MEMORY_LIMIT, static_cast<intptr_t>(l.max_header + 4096),
+             nullptr},
             {MHD_OPTION_NOTIFY_COMPLETED, reinterpret_cast<intptr_t>(&on_completed), nullptr},
             {MHD_OPTION_STRICT_FOR_CLIENT, 1, nullptr},
         };
@@ -728,7 +749,8 @@ void Server::start() {
         opts.push_back({MHD_OPTION_END, 0, nullptr});
         MHD_Daemon* d = MHD_start_daemon(flags, 0, nullptr, nullptr, &on_access, this,
                                          MHD_OPTION_ARRAY, opts.data(), MHD_OPTION_END);
-        if (!d) throw std::runtime_error("cannot listen on " + text + " (in use, or a bad TLS key?)");
+        if (!d)
+            throw std::runtime_error("cannot listen on " + text + " (in use, or a bad TLS key?)");
         daemons_.push_back(d);
         const auto* info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
         log("listening on ", text, " (port ", std::to_string(info ? info->port : 0), ")",
@@ -749,7 +771,8 @@ void Server::loop(int signals) {
             const auto* info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
             fds.push_back({info->epoll_fd, POLLIN, 0});
             MHD_UNSIGNED_LONG_LONG ms = 0;
-            if (MHD_get_timeout(d, &ms) == MHD_YES) timeout = std::min<int>(timeout, static_cast<int>(ms));
+            if (MHD_get_timeout(d, &ms) == MHD_YES)
+                timeout = std::min<int>(timeout, static_cast<int>(ms));
         }
         if (!waiting_.empty()) timeout = std::min(timeout, 100);
         if (::poll(fds.data(), fds.size(), timeout) < 0) {
@@ -795,7 +818,6 @@ int start() {
     auto options = wh::parse_options(config, creds ? creds : "", default_state(), read_secret);
     Spool spool(options.state_directory);
     Server server(std::move(options), spool);
-    g_server = &server;
     server.resend_spool();
     server.start();
     server.loop(signals.get());

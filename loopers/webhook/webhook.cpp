@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-#include "webhook.hpp"
+#include "webhook/webhook.hpp"
 
-#include "loopabull/routing.hpp"
+#include "core/routing.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -37,8 +37,8 @@ std::string hex(const unsigned char* data, std::size_t size) {
 
 std::string base64(const unsigned char* data, std::size_t size) {
     std::string out(4 * ((size + 2) / 3) + 1, '\0');
-    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data,
-                            static_cast<int>(size));
+    int n =
+        EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(size));
     out.resize(static_cast<std::size_t>(n));
     return out;
 }
@@ -76,7 +76,8 @@ bool get_bool(const json& object, const char* key, const std::string& where, boo
 
 // 30, "30s", "500ms", "5min", "2h": a duration in milliseconds.
 std::chrono::milliseconds get_duration(const json& object, const char* key,
-                                       const std::string& where, std::chrono::milliseconds fallback) {
+                                       const std::string& where,
+                                       std::chrono::milliseconds fallback) {
     auto it = object.find(key);
     if (it == object.end() || it->is_null()) return fallback;
     if (it->is_number_unsigned()) return std::chrono::seconds(it->get<std::uint64_t>());
@@ -138,24 +139,43 @@ struct Preset {
 // What each sender documents: the header it signs or authenticates with, and the header naming
 // its event type and delivery.
 const Preset kPresets[] = {
-    {"github", {AuthKind::hmac, "X-Hub-Signature-256", "sha256", Encoding::hex, "sha256=", {}},
-     "github.{header:X-GitHub-Event}", "X-GitHub-Delivery", false},
-    {"gitlab", {AuthKind::token, "X-Gitlab-Token", "sha256", Encoding::hex, "", {}},
-     "gitlab.{body:/object_kind}", "X-Gitlab-Event-UUID", false},
-    {"forgejo", {AuthKind::hmac, "X-Forgejo-Signature", "sha256", Encoding::hex, "", {}},
-     "forgejo.{header:X-Forgejo-Event}", "X-Forgejo-Delivery", false},
-    {"gitea", {AuthKind::hmac, "X-Gitea-Signature", "sha256", Encoding::hex, "", {}},
-     "gitea.{header:X-Gitea-Event}", "X-Gitea-Delivery", false},
-    {"pagure", {AuthKind::hmac, "X-Pagure-Signature-256", "sha256", Encoding::hex, "", {}},
-     "pagure.{header:X-Pagure-Topic}", "", false},
-    {"alertmanager", {AuthKind::bearer, "Authorization", "sha256", Encoding::hex, "", {}},
-     "alertmanager.{body:/status}.{body:/labels/alertname}", "", true},
+    {"github",
+     {AuthKind::hmac, "X-Hub-Signature-256", "sha256", Encoding::hex, "sha256=", {}},
+     "github.{header:X-GitHub-Event}",
+     "X-GitHub-Delivery",
+     false},
+    {"gitlab",
+     {AuthKind::token, "X-Gitlab-Token", "sha256", Encoding::hex, "", {}},
+     "gitlab.{body:/object_kind}",
+     "X-Gitlab-Event-UUID",
+     false},
+    {"forgejo",
+     {AuthKind::hmac, "X-Forgejo-Signature", "sha256", Encoding::hex, "", {}},
+     "forgejo.{header:X-Forgejo-Event}",
+     "X-Forgejo-Delivery",
+     false},
+    {"gitea",
+     {AuthKind::hmac, "X-Gitea-Signature", "sha256", Encoding::hex, "", {}},
+     "gitea.{header:X-Gitea-Event}",
+     "X-Gitea-Delivery",
+     false},
+    {"pagure",
+     {AuthKind::hmac, "X-Pagure-Signature-256", "sha256", Encoding::hex, "", {}},
+     "pagure.{header:X-Pagure-Topic}",
+     "",
+     false},
+    {"alertmanager",
+     {AuthKind::bearer, "Authorization", "sha256", Encoding::hex, "", {}},
+     "alertmanager.{body:/status}.{body:/labels/alertname}",
+     "",
+     true},
 };
 
 Auth parse_auth(const json& spec, Auth auth, const std::string& where) {
     if (spec.is_string()) {
         if (spec != "none")
-            throw OptionError(where + "auth: a string must be 'none'; else {type: hmac|token|bearer, ...}");
+            throw OptionError(where +
+                              "auth: a string must be 'none'; else {type: hmac|token|bearer, ...}");
         return Auth{};
     }
     if (!spec.is_object()) throw OptionError(where + "auth must be a mapping or 'none'");
@@ -167,9 +187,11 @@ Auth parse_auth(const json& spec, Auth auth, const std::string& where) {
                                   : auth.kind == AuthKind::bearer ? "bearer"
                                                                   : "");
     if (type == "hmac") {
-        if (auth.kind != AuthKind::hmac) auth = Auth{AuthKind::hmac, "", "sha256", Encoding::hex, "", {}};
+        if (auth.kind != AuthKind::hmac)
+            auth = Auth{AuthKind::hmac, "", "sha256", Encoding::hex, "", {}};
     } else if (type == "token") {
-        if (auth.kind != AuthKind::token) auth = Auth{AuthKind::token, "", "", Encoding::hex, "", {}};
+        if (auth.kind != AuthKind::token)
+            auth = Auth{AuthKind::token, "", "", Encoding::hex, "", {}};
     } else if (type == "bearer") {
         auth = Auth{AuthKind::bearer, "Authorization", "", Encoding::hex, "", {}};
     } else if (type == "none") {
@@ -183,9 +205,10 @@ Auth parse_auth(const json& spec, Auth auth, const std::string& where) {
         auth.algorithm = get_string(spec, "algorithm", w, auth.algorithm);
         if (auth.algorithm != "sha256" && auth.algorithm != "sha512")
             throw OptionError(w + "algorithm must be sha256 or sha512");
-        std::string enc = get_string(spec, "encoding", w,
-                                     auth.encoding == Encoding::hex ? "hex" : "base64");
-        if (enc != "hex" && enc != "base64") throw OptionError(w + "encoding must be hex or base64");
+        std::string enc =
+            get_string(spec, "encoding", w, auth.encoding == Encoding::hex ? "hex" : "base64");
+        if (enc != "hex" && enc != "base64")
+            throw OptionError(w + "encoding must be hex or base64");
         auth.encoding = enc == "hex" ? Encoding::hex : Encoding::base64;
     }
     if (!valid_header_name(auth.header)) throw OptionError(w + "header must name an HTTP header");
@@ -195,7 +218,8 @@ Auth parse_auth(const json& spec, Auth auth, const std::string& where) {
 Endpoint parse_endpoint(const json& spec, std::size_t index, const std::string& credentials_dir,
                         const SecretReader& read_secret) {
     std::string where = "endpoints[" + std::to_string(index) + "].";
-    if (!spec.is_object()) throw OptionError(where.substr(0, where.size() - 1) + " must be a mapping");
+    if (!spec.is_object())
+        throw OptionError(where.substr(0, where.size() - 1) + " must be a mapping");
     check_keys(spec,
                {"path", "preset", "routing_key", "auth", "secret_file", "secret_credential",
                 "delivery_header", "synchronous", "sync_timeout", "replay_protection", "secret"},
@@ -211,7 +235,8 @@ Endpoint parse_endpoint(const json& spec, std::size_t index, const std::string& 
     std::string key_text;
     const Preset* preset = nullptr;
     for (const auto& p : kPresets)
-        if (e.preset == p.name || (e.preset == "forgejo/gitea" && std::string_view(p.name) == "forgejo"))
+        if (e.preset == p.name ||
+            (e.preset == "forgejo/gitea" && std::string_view(p.name) == "forgejo"))
             preset = &p;
     if (preset) {
         e.auth = preset->auth;
@@ -283,21 +308,25 @@ KeyTemplate KeyTemplate::parse(std::string_view text) {
             t.parts_.push_back({Part::Kind::literal, std::string(text.substr(i))});
             break;
         }
-        if (open > i) t.parts_.push_back({Part::Kind::literal, std::string(text.substr(i, open - i))});
+        if (open > i)
+            t.parts_.push_back({Part::Kind::literal, std::string(text.substr(i, open - i))});
         auto close = text.find('}', open);
         if (close == std::string_view::npos) throw OptionError("a '{' without '}'");
         auto inner = text.substr(open + 1, close - open - 1);
         if (inner.starts_with("header:")) {
             auto name = inner.substr(7);
-            if (!valid_header_name(name)) throw OptionError("'{" + std::string(inner) + "}' names no header");
+            if (!valid_header_name(name))
+                throw OptionError("'{" + std::string(inner) + "}' names no header");
             t.parts_.push_back({Part::Kind::header, std::string(name)});
         } else if (inner.starts_with("body:")) {
             auto pointer = inner.substr(5);
             if (!valid_pointer(pointer))
-                throw OptionError("'{" + std::string(inner) + "}' is not a JSON Pointer (RFC 6901)");
+                throw OptionError("'{" + std::string(inner) +
+                                  "}' is not a JSON Pointer (RFC 6901)");
             t.parts_.push_back({Part::Kind::body, std::string(pointer)});
         } else {
-            throw OptionError("'{" + std::string(inner) + "}': only {header:NAME} and {body:/POINTER}");
+            throw OptionError("'{" + std::string(inner) +
+                              "}': only {header:NAME} and {body:/POINTER}");
         }
         i = close + 1;
     }
@@ -325,7 +354,8 @@ KeyTemplate::Result KeyTemplate::expand(const Headers& headers, const json& body
                 return {std::nullopt, "the body has no " + part.value};
             }
             auto value = scalar_text(*node);
-            if (!value) return {std::nullopt, "the body's " + part.value + " is not a string or number"};
+            if (!value)
+                return {std::nullopt, "the body's " + part.value + " is not a string or number"};
             key += *value;
             break;
         }
@@ -355,11 +385,13 @@ std::optional<std::string> authenticate(const Auth& auth, const KeyTemplate::Hea
     switch (auth.kind) {
     case AuthKind::hmac: {
         std::string_view given = *value;
-        if (!given.starts_with(auth.prefix)) return auth.header + " does not start with '" + auth.prefix + "'";
+        if (!given.starts_with(auth.prefix))
+            return auth.header + " does not start with '" + auth.prefix + "'";
         given.remove_prefix(auth.prefix.size());
         std::string presented = auth.encoding == Encoding::hex ? lower(trim(given)) : trim(given);
         std::string expected = hmac(auth.algorithm, auth.secret, body, auth.encoding);
-        if (!equal_in_constant_time(presented, expected)) return "wrong signature in " + auth.header;
+        if (!equal_in_constant_time(presented, expected))
+            return "wrong signature in " + auth.header;
         return std::nullopt;
     }
     case AuthKind::token:
@@ -367,7 +399,8 @@ std::optional<std::string> authenticate(const Auth& auth, const KeyTemplate::Hea
         return std::nullopt;
     case AuthKind::bearer: {
         std::string_view v = *value;
-        if (v.size() < 7 || lower(v.substr(0, 7)) != "bearer ") return "no bearer token in " + auth.header;
+        if (v.size() < 7 || lower(v.substr(0, 7)) != "bearer ")
+            return "no bearer token in " + auth.header;
         if (!equal_in_constant_time(trim(v.substr(7)), auth.secret)) return "wrong bearer token";
         return std::nullopt;
     }
@@ -386,7 +419,8 @@ std::optional<std::string> replay_key(const Endpoint& endpoint,
     // An HMAC signature is tied to the body, a token or bearer is not: only the former tells a
     // replayed request from a new one that happens to carry the same body.
     if (endpoint.auth.kind == AuthKind::hmac)
-        if (auto signature = headers(endpoint.auth.header)) return endpoint.path + "\n" + *signature;
+        if (auto signature = headers(endpoint.auth.header))
+            return endpoint.path + "\n" + *signature;
     return std::nullopt;
 }
 
@@ -463,7 +497,8 @@ ListenAddress parse_listen(std::string_view text) {
         throw OptionError("listen: '" + std::string(text) + "' is not HOST:PORT or fd:NAME");
     auto host = text.substr(0, colon);
     if (host.front() == '[') {
-        if (host.back() != ']') throw OptionError("listen: '" + std::string(text) + "': unclosed '['");
+        if (host.back() != ']')
+            throw OptionError("listen: '" + std::string(text) + "': unclosed '['");
         host = host.substr(1, host.size() - 2);
     }
     a.host = std::string(host);
@@ -514,9 +549,10 @@ Options parse_options(const json& config, const std::string& credentials_dir,
         };
         l.request_timeout = secs("request_timeout", l.request_timeout);
         l.idle_timeout = secs("idle_timeout", l.idle_timeout);
-        l.max_connections = get_number<unsigned>(*limits, "max_connections", w, l.max_connections, 1);
-        l.max_connections_per_client =
-            get_number<unsigned>(*limits, "max_connections_per_client", w, l.max_connections_per_client, 1);
+        l.max_connections =
+            get_number<unsigned>(*limits, "max_connections", w, l.max_connections, 1);
+        l.max_connections_per_client = get_number<unsigned>(*limits, "max_connections_per_client",
+                                                            w, l.max_connections_per_client, 1);
         l.rate = get_number<double>(*limits, "rate", w, l.rate, 0);
         l.rate_burst = get_number<double>(*limits, "rate_burst", w, l.rate_burst, 1);
         l.max_spooled = get_number<std::size_t>(*limits, "max_spooled", w, l.max_spooled, 1);
@@ -530,7 +566,8 @@ Options parse_options(const json& config, const std::string& credentials_dir,
     for (std::size_t i = 0; i < endpoints->size(); ++i) {
         auto e = parse_endpoint((*endpoints)[i], i, credentials_dir, read_secret);
         if (!paths.insert(e.path).second)
-            throw OptionError("endpoints[" + std::to_string(i) + "].path " + e.path + " is taken twice");
+            throw OptionError("endpoints[" + std::to_string(i) + "].path " + e.path +
+                              " is taken twice");
         o.endpoints.push_back(std::move(e));
     }
     o.state_directory = get_string(config, "state_directory", "", default_state);

@@ -56,11 +56,11 @@ enum class Encoding { hex, base64 };
 
 struct Auth {
     AuthKind kind = AuthKind::none;
-    std::string header;             // hmac: the signature header; token: the token header
+    std::string header;               // hmac: the signature header; token: the token header
     std::string algorithm = "sha256"; // hmac: sha256 or sha512
     Encoding encoding = Encoding::hex;
-    std::string prefix;             // hmac: text before the signature, e.g. "sha256="
-    std::string secret;             // read from secret_file or secret_credential
+    std::string prefix; // hmac: text before the signature, e.g. "sha256="
+    std::string secret; // read from secret_file or secret_credential
 };
 
 struct Endpoint {
@@ -89,7 +89,7 @@ struct Limits {
     std::chrono::seconds idle_timeout{10};
     unsigned max_connections = 64;
     unsigned max_connections_per_client = 16;
-    double rate = 10;     // requests a second per client address
+    double rate = 10; // requests a second per client address
     double rate_burst = 20;
     std::size_t max_spooled = 10000;
     std::chrono::seconds replay_window{86400};
@@ -134,7 +134,8 @@ struct Event {
 
 // The events of one accepted request, or the reason it is refused (HTTP 400). The payload is the
 // body's JSON value, or its text when it is not JSON and not declared JSON (Content-Type); an
-// empty body is {}. Refused: a body declared JSON that is not, an alertmanager body without "alerts", or a routing key that cannot be built.
+// empty body is {}. Refused: a body declared JSON that is not, an alertmanager body without
+// "alerts", or a routing key that cannot be built.
 struct Events {
     std::vector<Event> events;
     std::string error;

@@ -2,6 +2,7 @@
 // loopabull: argument parsing, then the manager.
 #include "core/config.hpp"
 #include "supervisor/log.hpp"
+#include "supervisor/looper.hpp"
 #include "supervisor/manager.hpp"
 
 #include "build-config.h"
@@ -175,6 +176,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     try {
+        adopt_listen_fds();
         Manager manager(std::move(args.options), std::move(*load.config));
         return manager.run();
     } catch (const std::exception& e) {

@@ -5,8 +5,8 @@
 // a playbook outside playbooks_dir); an alertmanager split gives one event per alert or none;
 // HMAC authentication with a secret the input cannot know never passes; nothing crashes, leaks
 // or recurses without bound on deep JSON.
-#include "loopabull/routing.hpp"
-#include "webhook.hpp"
+#include "core/routing.hpp"
+#include "webhook/webhook.hpp"
 
 #include <cstdint>
 #include <cstdlib>
@@ -63,8 +63,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         for (const auto& ev : made.events)
             if (routing_key_error(ev.routing_key)) std::abort();
     }
-    Auth auth{AuthKind::hmac, "X-Sig", "sha256", Encoding::hex, "sha256=",
-              "a secret the fuzzer cannot guess 7f3a9c"};
+    Auth auth{AuthKind::hmac, "X-Sig",   "sha256",
+              Encoding::hex,  "sha256=", "a secret the fuzzer cannot guess 7f3a9c"};
     if (!authenticate(auth, lookup, body).has_value()) std::abort();
     auth.kind = AuthKind::bearer;
     auth.header = "Authorization";

@@ -386,3 +386,47 @@ def test_secret_from_systemd_credentials(workdir, supervisor):
                                        "X-Forgejo-Delivery": "d1"})
     assert status == 202
     assert sup.stop() == 0
+
+
+# Stands in for systemd's socket activation: binds the socket, puts it at descriptor 3 with
+# LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, and execs loopabull in the same process.
+SOCKET_ACTIVATE = """\
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)  # dup2 onto itself (s may be 3) keeps close-on-exec
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="web", LISTEN_PID=str(os.getpid()))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_socket_passed_by_systemd_reaches_the_looper_that_names_it(workdir, supervisor):
+    port = free_port()
+    ep = {"path": "/plain", "auth": "none", "routing_key": "plain.hook"}
+    cfg = config(workdir, port, [ep])
+    cfg["loopers"][0]["config"]["listen"] = ["fd:web"]
+    other = workdir / "other-looper.sh"
+    other.write_text("#!/bin/sh\nexec cat >/dev/null\n")
+    other.chmod(0o755)
+    cfg["loopers"].append({"name": "other", "command": [str(other)]})
+    sup = supervisor(cfg, wrapper=["/usr/bin/python3", "-c", SOCKET_ACTIVATE, str(port)])
+    sup.wait_log(r"listening on fd:web", what="the looper to take the socket")
+    assert post(port, "/plain", b'{"via": "socket activation"}')[0] == 202
+    wait_until(lambda: recorded(workdir), what="the run")
+    pid = int(subprocess.run(["pgrep", "-P", str(sup.proc.pid), "-x", "webhook"],
+                             capture_output=True, text=True).stdout.split()[0])
+    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    assert b"LISTEN_FDS=1" in env and b"LISTEN_FDNAMES=web" in env
+    assert f"LISTEN_PID={pid}".encode() in env
+    assert b"LOOPABULL_CONFIG_FILE=/proc/self/fd/4" in env
+    # A looper that does not name the socket gets neither it nor the variables.
+    cat = int(subprocess.run(["pgrep", "-P", str(sup.proc.pid), "-x", "cat"],
+                             capture_output=True, text=True).stdout.split()[0])
+    links = [os.readlink(f"/proc/{cat}/fd/{fd}") for fd in os.listdir(f"/proc/{cat}/fd")]
+    assert not [l for l in links if l.startswith("socket:")], links
+    assert not [e for e in open(f"/proc/{cat}/environ", "rb").read().split(b"\0")
+                if e.startswith(b"LISTEN_")]
+    assert sup.stop() == 0

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // The webhook looper's pure logic: options, routing-key templates, authentication, events.
-#include "webhook.hpp"
+#include "webhook/webhook.hpp"
 
 #include <gtest/gtest.h>
 
@@ -38,15 +38,17 @@ json endpoint(json e) {
 TEST(WebhookHmac, GithubTestVector) {
     EXPECT_EQ(hmac("sha256", "It's a Secret to Everybody", "Hello, World!", Encoding::hex),
               "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17");
-    Auth a{AuthKind::hmac, "X-Hub-Signature-256", "sha256", Encoding::hex, "sha256=",
-           "It's a Secret to Everybody"};
-    auto good = headers({{"X-Hub-Signature-256",
-                          "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"}});
+    Auth a{AuthKind::hmac, "X-Hub-Signature-256",       "sha256", Encoding::hex,
+           "sha256=",      "It's a Secret to Everybody"};
+    auto good =
+        headers({{"X-Hub-Signature-256",
+                  "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"}});
     EXPECT_EQ(authenticate(a, good, "Hello, World!"), std::nullopt);
     EXPECT_NE(authenticate(a, good, "Hello, World?"), std::nullopt);
     EXPECT_EQ(authenticate(a, headers({}), "Hello, World!"), "no X-Hub-Signature-256 header");
-    auto unprefixed = headers({{"X-Hub-Signature-256",
-                                "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"}});
+    auto unprefixed =
+        headers({{"X-Hub-Signature-256",
+                  "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"}});
     EXPECT_NE(authenticate(a, unprefixed, "Hello, World!"), std::nullopt);
 }
 
@@ -90,7 +92,8 @@ TEST(WebhookTemplate, ExpandsHeadersAndPointers) {
 }
 
 TEST(WebhookTemplate, RefusesBadTemplates) {
-    for (const char* bad : {"a.{header:}", "a.{body:x}", "a.{body:/~2}", "a.{env:HOME}", "a.{", "a}"})
+    for (const char* bad :
+         {"a.{header:}", "a.{body:x}", "a.{body:/~2}", "a.{env:HOME}", "a.{", "a}"})
         EXPECT_THROW(KeyTemplate::parse(bad), OptionError) << bad;
 }
 
@@ -109,7 +112,8 @@ TEST(WebhookOptions, PresetsAndMandatoryAuthentication) {
     EXPECT_TRUE(am.endpoints[0].split_alerts);
     EXPECT_EQ(am.endpoints[0].auth.kind, AuthKind::bearer);
 
-    auto cred = parse(endpoint({{"path", "/f"}, {"preset", "forgejo"}, {"secret_credential", "forge"}}));
+    auto cred =
+        parse(endpoint({{"path", "/f"}, {"preset", "forgejo"}, {"secret_credential", "forge"}}));
     EXPECT_EQ(cred.endpoints[0].auth.secret, "from-credential");
 
     auto none = parse(endpoint({{"path", "/n"}, {"auth", "none"}, {"routing_key", "x.y"}}));
@@ -125,16 +129,21 @@ TEST(WebhookOptions, PresetsAndMandatoryAuthentication) {
     };
     refused({{"path", "/n"}, {"routing_key", "x.y"}}, "no authentication");
     refused({{"path", "/n"}, {"preset", "github"}}, "secret_file or secret_credential is missing");
-    refused({{"path", "/n"}, {"preset", "github"}, {"secret", "inline"}}, "never from the configuration");
-    refused({{"path", "/n"}, {"preset", "github"}, {"secret_credential", "../x"}}, "credential's name");
+    refused({{"path", "/n"}, {"preset", "github"}, {"secret", "inline"}},
+            "never from the configuration");
+    refused({{"path", "/n"}, {"preset", "github"}, {"secret_credential", "../x"}},
+            "credential's name");
     refused({{"path", "n"}, {"auth", "none"}, {"routing_key", "x"}}, "path must start");
-    refused({{"path", "/n"}, {"auth", {{"type", "hmac"}, {"header", "X-S"}, {"algorithm", "md5"}}},
-             {"secret_file", "/s"}, {"routing_key", "x"}},
+    refused({{"path", "/n"},
+             {"auth", {{"type", "hmac"}, {"header", "X-S"}, {"algorithm", "md5"}}},
+             {"secret_file", "/s"},
+             {"routing_key", "x"}},
             "sha256 or sha512");
     refused({{"path", "/n"}, {"preset", "bitbucket"}}, "preset must be");
-    EXPECT_THROW(parse_options(endpoint({{"path", "/gh"}, {"preset", "github"}, {"secret_credential", "x"}}),
-                               "", "/var/lib/x", no_secret),
-                 OptionError);
+    EXPECT_THROW(
+        parse_options(endpoint({{"path", "/gh"}, {"preset", "github"}, {"secret_credential", "x"}}),
+                      "", "/var/lib/x", no_secret),
+        OptionError);
 }
 
 TEST(WebhookOptions, Listen) {
