@@ -254,19 +254,10 @@ void Follower::advance() {
     if (!last.empty()) cursor_.save(last);
 }
 
-std::string default_state() {
-    const char* state = std::getenv("STATE_DIRECTORY");
-    const char* looper = std::getenv("LOOPABULL_LOOPER");
-    if (!state || !*state || !looper || !*looper) return {};
-    std::string name(looper);
-    if (name.find('/') != std::string::npos || name == "." || name == "..") return {};
-    return std::string(state).substr(0, std::string(state).find(':')) + "/journal-" + name;
-}
-
 int start() {
     kit::check_protocol();
     auto signals = kit::stop_signals();
-    auto options = jl::parse_options(kit::read_config(), default_state());
+    auto options = jl::parse_options(kit::read_config(), kit::default_state_directory("journal"));
     Cursor cursor(options.state_directory);
     Follower follower(std::move(options), cursor);
     follower.open();

@@ -799,23 +799,13 @@ void Server::loop(int signals) {
         MHD_run(d);
 }
 
-std::string default_state() {
-    const char* state = std::getenv("STATE_DIRECTORY");
-    const char* looper = std::getenv("LOOPABULL_LOOPER");
-    if (!state || !*state || !looper || !*looper) return {};
-    std::string dir(state);
-    dir = dir.substr(0, dir.find(':')); // StateDirectory= may list several
-    std::string name(looper);
-    if (name.find('/') != std::string::npos || name == "." || name == "..") return {};
-    return dir + "/webhook-" + name;
-}
-
 int start() {
     kit::check_protocol();
     auto signals = kit::stop_signals();
     json config = kit::read_config();
     const char* creds = std::getenv("CREDENTIALS_DIRECTORY");
-    auto options = wh::parse_options(config, creds ? creds : "", default_state(), read_secret);
+    auto options = wh::parse_options(config, creds ? creds : "",
+                                     kit::default_state_directory("webhook"), read_secret);
     Spool spool(options.state_directory);
     Server server(std::move(options), spool);
     server.resend_spool();
