@@ -25,7 +25,7 @@ PLAYBOOK = """- hosts: localhost
 """ % RUNS
 
 
-def setup(service, units):
+def start_watching(service, units):
     m = service.m
     m.write_file("/etc/systemd/system/loopabull@.service.d/60-journal.conf",
                  "[Service]\nSupplementaryGroups=systemd-journal\n")
@@ -65,7 +65,7 @@ def fail(m, unit):
 def test_failed_unit_runs_a_playbook_with_its_name_and_result(installed_machine, build_dir):
     service = Service(installed_machine, build_dir)
     m = service.m
-    setup(service, ["boom"])
+    start_watching(service, ["boom"])
     fail(m, "boom")
     wait_until(lambda: runs(m), 120, what="the playbook of the failed unit")
     assert runs(m) == ["boom.service exit-code"]
@@ -78,7 +78,7 @@ def test_restart_loses_and_repeats_nothing_beyond_the_entry_in_flight(installed_
     service = Service(installed_machine, build_dir)
     m = service.m
     units = ["a1", "a2", "a3", "a4"]
-    setup(service, units)
+    start_watching(service, units)
     m.run(["touch", "/run/hold-playbooks"])
     for unit in units[:3]:
         fail(m, unit)
