@@ -243,6 +243,29 @@ def test_slow_clients_lose_their_slot(workdir, supervisor):
     assert sup.stop() == 0
 
 
+def test_connection_limit(workdir, supervisor):
+    port = free_port()
+    ep = {"path": "/plain", "auth": "none", "routing_key": "plain.hook"}
+    sup = start(supervisor, config(workdir, port, [ep], limits={"max_connections": 2,
+                                                                "idle_timeout": 30}))
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    for s in held:
+        s.sendall(b"POST /plain HTTP/1.1\r\n")
+    time.sleep(0.5)
+    # Beyond the limit a connection waits in the listening socket's backlog, unserved...
+    extra = socket.create_connection(("127.0.0.1", port))
+    extra.sendall(b"POST /plain HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    extra.settimeout(2)
+    with pytest.raises(TimeoutError):
+        extra.recv(100)
+    # ... until a slot is free.
+    for s in held:
+        s.close()
+    extra.settimeout(30)
+    assert extra.recv(100).startswith(b"HTTP/1.1 202")
+    assert sup.stop() == 0
+
+
 def test_per_client_rate_limit(workdir, supervisor):
     port = free_port()
     ep = {"path": "/plain", "auth": "none", "routing_key": "plain.hook"}
