@@ -6,6 +6,7 @@
 #include "supervisor/explain-offline.hpp"
 #include "supervisor/log.hpp"
 #include "supervisor/looper-check.hpp"
+#include "supervisor/looper.hpp"
 #include "supervisor/manager.hpp"
 
 #include "build-config.h"
@@ -246,6 +247,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     try {
+        adopt_listen_fds();
         Manager manager(std::move(args.options), std::move(*load.config));
         return manager.run();
     } catch (const std::exception& e) {

@@ -130,4 +130,4 @@ def test_unknown_bundled_looper_is_a_clear_error(workdir):
                        env={**os.environ, "LOOPABULL_LOOPER_DIR": str(LOOPER_DIR)})
     assert r.returncode == 1
     assert (f"{cfg}:4:14: unknown looper 'nosuchlooper': not a bundled looper (bundled loopers: "
-            "amqp, fedmsg, fedmsgrabbitmq, spool) and not found in PATH (") in r.stderr
+            "amqp, fedmsg, fedmsgrabbitmq, journal, spool, webhook) and not found in PATH (") in r.stderr
