@@ -3,6 +3,7 @@
 
 #include "supervisor/log.hpp"
 #include "supervisor/process.hpp"
+#include "supervisor/warm.hpp"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -19,6 +20,7 @@ struct Executor::Run {
     std::string name; // job id as text, for log fields
     std::string routing_key;
     pid_t pid = -1;
+    bool warm = false; // a child of the warm runner, which reports its exit
     usec kill_grace{};
     bool timed_out = false;
     bool cancelled = false;
@@ -112,7 +114,8 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
         header = journal_header("ansible-playbook");
         s.journal_header = &header;
     }
-    auto child = spawn(s);
+    auto warm = warm_ ? warm_->spawn(s, spec.id) : std::nullopt;
+    auto child = warm ? std::move(*warm) : spawn(s);
     if (child.pid < 0)
         return std::string(child.stage) + " " + spec.argv[0] +
                " failed: " + std::strerror(child.error);
@@ -122,6 +125,7 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
     run->name = std::to_string(spec.id);
     run->routing_key = spec.routing_key;
     run->pid = child.pid;
+    run->warm = warm.has_value();
     run->kill_grace = spec.kill_grace;
     run->output = std::move(out.read);
     run->spawn_report = std::move(child.pending_report);
@@ -183,7 +187,9 @@ void Executor::add_sources(Run& r, usec timeout) {
     };
     check(sd_event_add_io(event_, &s, r.output.get(), EPOLLIN, on_output, &r), r.output_source,
           "output");
-    check(sd_event_add_child(event_, &s, r.pid, WEXITED, on_exit, &r), r.child_source, "process");
+    if (!r.warm)
+        check(sd_event_add_child(event_, &s, r.pid, WEXITED, on_exit, &r), r.child_source,
+              "process");
     check(sd_event_add_time_relative(event_, &s, CLOCK_MONOTONIC,
                                      static_cast<uint64_t>(timeout.count()), 0, on_timeout, &r),
           r.timeout_timer, "timeout");
@@ -209,6 +215,17 @@ int Executor::on_exit(sd_event_source*, const siginfo_t* si, void* userdata) noe
         spdlog::error("job {}: {}", run->id, e.what());
     }
     return 0;
+}
+
+void Executor::warm_exited(JobId id, const siginfo_t& si, const std::string& failure) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    auto& run = *it->second;
+    if (!failure.empty()) {
+        kill(-run.pid, SIGKILL); // what the job started outlives its runner's death signal
+        run.failure = failure;
+    }
+    finish(run, si);
 }
 
 void Executor::finish(Run& run, const siginfo_t& si) {

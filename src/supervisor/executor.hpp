@@ -18,6 +18,8 @@
 
 namespace loopabull {
 
+class WarmRunner;
+
 struct JobSpec {
     JobId id = 0;
     std::string routing_key;
@@ -60,6 +62,12 @@ class Executor {
     // nullopt: the direct executor. Applies to jobs started from now on.
     void set_scope_mode(std::optional<ScopeMode> mode) { scope_ = std::move(mode); }
 
+    // Jobs start in a child of this warm runner when it can take them (supervisor/warm.hpp),
+    // else cold. nullptr: always cold. The runner must outlive the executor's jobs.
+    void set_warm(WarmRunner* warm) { warm_ = warm; }
+    // The warm runner's report that a job's process ended (failure: the runner died with it).
+    void warm_exited(JobId id, const siginfo_t& si, const std::string& failure);
+
     // Starts the job, or says why it could not be started.
     std::optional<std::string> start(const JobSpec& spec);
     // Stops every process of the job (SIGTERM, SIGKILL after its grace); result "cancelled".
@@ -83,6 +91,7 @@ class Executor {
     sd_event* event_;
     ExecutorHost& host_;
     std::optional<ScopeMode> scope_;
+    WarmRunner* warm_ = nullptr;
     std::unordered_map<JobId, std::unique_ptr<Run>> runs_;
 };
 
