@@ -155,8 +155,7 @@ struct WarmRunner::Zygote {
 };
 
 WarmRunner::WarmRunner(sd_event* event, Exited exited)
-    : event_(event), exited_(std::move(exited)),
-      devnull_(open("/dev/null", O_RDWR | O_CLOEXEC)) {
+    : event_(event), exited_(std::move(exited)), devnull_(open("/dev/null", O_RDWR | O_CLOEXEC)) {
     sd_event_source* s = nullptr;
     if (int r = sd_event_add_defer(event_, &s, on_dispatch, this); r < 0)
         throw std::system_error(-r, std::generic_category(), "adding warm dispatch source");
@@ -189,9 +188,13 @@ void WarmRunner::set_state(std::string state) {
         spdlog::info("warm runner {}", state_);
 }
 
-std::string WarmRunner::state() const { return state_; }
+std::string WarmRunner::state() const {
+    return state_;
+}
 
-pid_t WarmRunner::pid() const { return current_ ? current_->pid : -1; }
+pid_t WarmRunner::pid() const {
+    return current_ ? current_->pid : -1;
+}
 
 std::uint64_t WarmRunner::rss_bytes() const {
     if (!current_) return 0;
@@ -227,8 +230,7 @@ void WarmRunner::retire(std::unique_ptr<Zygote> z) {
 
 void WarmRunner::start() {
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    {
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         Zygote none;
         return down(none, std::string("socketpair: ") + std::strerror(errno));
     }
@@ -244,8 +246,8 @@ void WarmRunner::start() {
     auto child = loopabull::spawn(s);
     if (child.pid < 0) {
         Zygote none;
-        return down(none, std::string(child.stage) + " " + s.argv[0] + ": " +
-                              std::strerror(child.error));
+        return down(none,
+                    std::string(child.stage) + " " + s.argv[0] + ": " + std::strerror(child.error));
     }
     auto z = std::make_unique<Zygote>();
     z->owner = this;
@@ -299,7 +301,8 @@ int WarmRunner::on_restart(sd_event_source*, uint64_t, void* userdata) noexcept 
 
 int WarmRunner::on_ready_timeout(sd_event_source*, uint64_t, void* userdata) noexcept {
     auto z = static_cast<Zygote*>(userdata);
-    if (!z->ready) z->owner->down(*z, "not ready after " + std::to_string(kReadyTimeout.count()) + " s");
+    if (!z->ready)
+        z->owner->down(*z, "not ready after " + std::to_string(kReadyTimeout.count()) + " s");
     return 0;
 }
 
@@ -441,7 +444,8 @@ std::optional<Spawned> WarmRunner::spawn(const SpawnSpec& spec, JobId id) {
     // a module changed on disk without touching the package directory cannot last.
     if ((settings_->max_jobs && z.jobs >= settings_->max_jobs) ||
         (settings_->max_age.count() &&
-         now_monotonic() - z.started_usec >= static_cast<std::uint64_t>(settings_->max_age.count()))) {
+         now_monotonic() - z.started_usec >=
+             static_cast<std::uint64_t>(settings_->max_age.count()))) {
         spdlog::info("warm runner pid {} is replaced after {} job(s)", z.pid, z.jobs);
         retire(std::move(current_));
         start();

@@ -12,12 +12,12 @@
 #pragma once
 
 #include "core/config.hpp"
-#include "supervisor/process.hpp"
 #include "core/protocol.hpp"
 #include "core/sandbox.hpp"
 #include "core/scheduler.hpp"
-#include "supervisor/sd-ptr.hpp"
 #include "core/unique-fd.hpp"
+#include "supervisor/process.hpp"
+#include "supervisor/sd-ptr.hpp"
 
 #include <signal.h>
 
