@@ -14,7 +14,7 @@ def leak(_):
     os.environ["LOOPABULL_LEAK"] = "leaked"
     sys.loopabull_leak = True
     filter_loader.add_directory(EXTRA)
-    return "planted"
+    return _
 
 
 def leak_report(_):
