@@ -130,15 +130,17 @@ static int read_answers(struct state* s) {
 
 int main(int argc, char** argv) {
     static struct state s = {.key = "bench.unrouted"};
+    double delay = 0; // seconds before the first event (a warm runner importing ansible)
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--count")) s.count = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--rate")) s.rate = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--key")) s.key = argv[i + 1];
         else if (!strcmp(argv[i], "--out")) s.out = argv[i + 1];
         else if (!strcmp(argv[i], "--tag")) s.tag = argv[i + 1];
+        else if (!strcmp(argv[i], "--delay")) delay = atof(argv[i + 1]);
     }
     if (!s.out) {
-        fprintf(stderr, "usage: bench-looper --count N [--rate R] [--key KEY] --out FILE\n");
+        fprintf(stderr, "usage: bench-looper --count N [--rate R] [--key KEY] [--delay S] --out FILE\n");
         return 2;
     }
     s.sent_at = calloc((size_t)s.count + 1, sizeof *s.sent_at);
@@ -147,6 +149,11 @@ int main(int argc, char** argv) {
     fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
     // Wake-ups when due, not up to 50 us later: the latency measured is the supervisor's.
     prctl(PR_SET_TIMERSLACK, 1UL);
+    if (delay > 0) {
+        struct timespec d = {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)};
+        while (nanosleep(&d, &d) < 0 && errno == EINTR) {
+        }
+    }
     s.t_first = now_ns();
     uint64_t next_report = s.t_first;
     int done = 0;

@@ -289,7 +289,8 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
 const std::vector<std::string_view> kExecutorKeys = {
     "type",         "max_parallel", "queue_size", "timeout",      "kill_grace",
     "stop_timeout", "seccomp",      "allow_root", "limit_nofile", "manager",
-    "slice",        "memory_max",   "tasks_max",  "cpu_quota",    "on_scope_failure"};
+    "slice",        "memory_max",   "tasks_max",  "cpu_quota",    "on_scope_failure",
+    "warm",         "warm_max_jobs", "warm_max_age"};
 
 // "infinity" lifts a limit; anything else goes through the strict grammar of its kind.
 template <typename F>
@@ -384,6 +385,11 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
     if (auto v = node["allow_root"]) e.allow_root = r.boolean(v, "allow_root").value_or(false);
     if (auto v = node["limit_nofile"])
         e.limit_nofile = r.integer(v, "limit_nofile", 64, 1048576).value_or(e.limit_nofile);
+    if (auto v = node["warm"]) e.warm = r.boolean(v, "warm").value_or(e.warm);
+    if (auto v = node["warm_max_jobs"])
+        e.warm_max_jobs = r.integer(v, "warm_max_jobs", 0, 1000000000).value_or(e.warm_max_jobs);
+    if (auto v = node["warm_max_age"])
+        if (auto d = r.duration(v, "warm_max_age")) e.warm_max_age = *d;
     for (auto [key, field] :
          {std::pair{"timeout", &e.timeout}, std::pair{"kill_grace", &e.kill_grace},
           std::pair{"stop_timeout", &e.stop_timeout}}) {

@@ -82,6 +82,11 @@ struct ExecutorConfig {
     std::optional<SeccompPolicy> seccomp_policy = default_seccomp_policy(); // nullopt: off
     bool allow_root = false;
     std::uint64_t limit_nofile = 4096;
+    // The warm runner (supervisor/warm.hpp): on unless turned off, used only when playbook_cmd
+    // is ansible's own ansible-playbook; replaced after so many jobs (0: never) or so long.
+    bool warm = true;
+    std::uint64_t warm_max_jobs = 1000;
+    usec warm_max_age = std::chrono::hours(1);
 };
 
 struct Config {

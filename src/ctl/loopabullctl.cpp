@@ -487,6 +487,8 @@ int cmd_status(Client& c, const Options& o) {
                   {"jobs_running", n("JobsRunning")},
                   {"jobs_succeeded", n("JobsSucceeded")},
                   {"jobs_failed", n("JobsFailed")},
+                  {"warm_runner", s.text["WarmRunner"]},
+                  {"warm_runner_memory", n("WarmRunnerMemory")},
                   {"loopers", json::array()},
                   {"jobs", json::array()}};
         for (auto& l : loopers) j["loopers"].push_back(to_json(l));
@@ -503,6 +505,11 @@ int cmd_status(Client& c, const Options& o) {
     std::printf("     Jobs: %" PRIu64 " running, %" PRIu64 " queued, %" PRIu64 " succeeded, %" PRIu64
                 " failed\n",
                 n("JobsRunning"), n("JobsQueued"), n("JobsSucceeded"), n("JobsFailed"));
+    if (s.text.count("WarmRunner")) {
+        auto rss = n("WarmRunnerMemory");
+        std::printf("     Warm: %s%s\n", s.text["WarmRunner"].c_str(),
+                    rss ? (", " + std::to_string(rss >> 20) + " MiB resident").c_str() : "");
+    }
     if (loopers.empty()) std::printf("  Loopers: none\n");
     for (std::size_t i = 0; i < loopers.size(); ++i) {
         auto& l = loopers[i];

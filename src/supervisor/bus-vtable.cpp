@@ -33,6 +33,9 @@ const sd_bus_vtable BusApi::kVtable[] = {
     SD_BUS_PROPERTY("JobsFailed", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("EventsSuperseded", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("EventsThrottled", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    // The warm runner (supervisor/warm.hpp): read when wanted, no change signal.
+    SD_BUS_PROPERTY("WarmRunner", "s", get_property, 0, 0),
+    SD_BUS_PROPERTY("WarmRunnerMemory", "t", get_property, 0, 0),
     SD_BUS_METHOD_WITH_NAMES("ListLoopers", "", "", "a(ssuut)", SD_BUS_PARAM(loopers),
                              list_loopers, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("ListJobs", "", "", "a(tsssts)", SD_BUS_PARAM(jobs),
@@ -71,6 +74,10 @@ int BusApi::get_property(sd_bus*, const char*, const char*, const char* property
         std::string_view p(property);
         if (p == "Instance") return sd_bus_message_append(reply, "s", self->manager_.instance().c_str());
         if (p == "Version") return sd_bus_message_append(reply, "s", LOOPABULL_VERSION);
+        if (p == "WarmRunner")
+            return sd_bus_message_append(reply, "s", self->manager_.warm_state().c_str());
+        if (p == "WarmRunnerMemory")
+            return sd_bus_message_append(reply, "t", self->manager_.warm_rss_bytes());
         auto s = self->snapshot();
         if (p == "State") return sd_bus_message_append(reply, "s", s.state.c_str());
         if (p == "EventsReceived") return sd_bus_message_append(reply, "t", s.events_received);

@@ -9,6 +9,7 @@
 #include "core/event-names.hpp"
 #include "core/job-vars.hpp"
 #include "supervisor/bus-api.hpp"
+#include "supervisor/warm.hpp"
 
 #include "build-config.h"
 
@@ -218,6 +219,11 @@ void Manager::setup_event_loop() {
     // Fed by the loop itself: a hung loop stops the pings and systemd restarts us.
     check(sd_event_set_watchdog(e, true), "sd_event_set_watchdog");
     executor_ = std::make_unique<Executor>(e, *this);
+    warm_ = std::make_unique<WarmRunner>(
+        e, [this](JobId id, const siginfo_t& si, const std::string& failure) {
+            executor_->warm_exited(id, si, failure);
+        });
+    executor_->set_warm(warm_.get());
 }
 
 void Manager::setup_runtime_dir() {
@@ -357,12 +363,32 @@ void Manager::apply(Config config) {
     sandbox_ = std::move(sandbox);
     scheduler_.set_limits(config.executor.max_parallel, config.executor.queue_size);
     auto wanted = config.loopers;
+    configure_warm(config);
     config_ = std::move(config);
     apply_loopers(wanted);
     start_jobs();
     update_intake();
     check_loopers_failed();
 }
+
+// Replaced on every apply (reload): the new configuration, sandbox or environment is the one its
+// jobs must see.
+void Manager::configure_warm(const Config& config) {
+    if (!config.executor.warm) return warm_->configure(std::nullopt, "executor.warm is false");
+    auto plan = plan_warm(config.ansible.playbook_cmd, warm_runner_path(), job_env_);
+    if (plan.command.empty()) return warm_->configure(std::nullopt, plan.reason);
+    WarmSettings settings;
+    settings.command = std::move(plan.command);
+    settings.env = job_env_;
+    settings.sandbox = &sandbox_;
+    settings.max_jobs = config.executor.warm_max_jobs;
+    settings.max_age = config.executor.warm_max_age;
+    warm_->configure(std::move(settings), {});
+}
+
+std::string Manager::warm_state() const { return warm_ ? warm_->state() : "off"; }
+
+std::uint64_t Manager::warm_rss_bytes() const { return warm_ ? warm_->rss_bytes() : 0; }
 
 // The scope executor's connection is made once, to one manager: at start, the scopes a killed
 // predecessor left are stopped before any job can take their names.
@@ -559,6 +585,7 @@ void Manager::begin_stop() {
     spdlog::info("stopping: no new events; {} running job(s) may finish, {} queued are cancelled",
                  scheduler_.running(), scheduler_.queued());
     update_intake();
+    warm_->retire(); // it exits once its running jobs are reported
     for (auto id : scheduler_.take_queued())
         complete(id, {Result::cancelled, std::nullopt, {}, {}});
     if (scheduler_.running() == 0) return stop_loopers();

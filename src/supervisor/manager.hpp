@@ -27,6 +27,8 @@
 
 namespace loopabull {
 
+class WarmRunner;
+
 struct ManagerOptions {
     std::string config_path;
     std::string instance = "default";
@@ -146,6 +148,9 @@ class Manager final : public LooperHost, public ExecutorHost {
     // The problems that kept the new configuration from being applied; empty on success.
     std::vector<std::string> reload();
     void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
+    // The warm runner's state ("ready", "starting", "off: why", "down: why") and resident set.
+    std::string warm_state() const;
+    std::uint64_t warm_rss_bytes() const;
     sd_event* event() const noexcept { return event_.get(); }
 
   private:
@@ -158,6 +163,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     void setup_event_loop();
     void setup_runtime_dir();
     void apply(Config config);
+    void configure_warm(const Config& config);
     std::vector<std::string> load_and_apply();
     void apply_loopers(const std::vector<LooperConfig>& wanted);
     std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
@@ -198,6 +204,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     Scheduler scheduler_{1, 1};
     Throttler throttler_; // routes' throttle windows; kept across reloads
     std::unique_ptr<Executor> executor_;
+    std::unique_ptr<WarmRunner> warm_; // after executor_: destroyed first
     BusPtr scope_bus_; // to the manager that makes our scopes
     std::unique_ptr<ScopeManager> scopes_;
     std::optional<bool> scope_user_manager_; // which manager scopes_ talks to

@@ -239,6 +239,19 @@ TEST(Config, ScopeExecutorAndSandboxKeys) {
     EXPECT_EQ(e.limit_nofile, 2048u);
 }
 
+TEST(Config, WarmRunnerKeys) {
+    auto d = parsed(config_with()).executor;
+    EXPECT_TRUE(d.warm); // on by default; used only for ansible's own ansible-playbook
+    EXPECT_EQ(d.warm_max_jobs, 1000u);
+    EXPECT_EQ(d.warm_max_age, std::chrono::hours(1));
+    auto e = parsed(with_top("executor:\n  warm: false\n  warm_max_jobs: 0\n"
+                             "  warm_max_age: 30min\n"))
+                 .executor;
+    EXPECT_FALSE(e.warm);
+    EXPECT_EQ(e.warm_max_jobs, 0u);
+    EXPECT_EQ(e.warm_max_age, std::chrono::minutes(30));
+}
+
 TEST(Config, ScopeAndSandboxDefaults) {
     auto e = parsed(config_with()).executor;
     EXPECT_EQ(e.type, "auto");
@@ -610,7 +623,8 @@ INSTANTIATE_TEST_SUITE_P(
         executor_case("OnScopeFailure", "  on_scope_failure: retry\n",
                       "'on_scope_failure' must be fail or direct, not 'retry'"),
         executor_case("AllowRoot", "  allow_root: yes\n",
-                      "'allow_root' must be true or false, not 'yes'")),
+                      "'allow_root' must be true or false, not 'yes'"),
+        executor_case("Warm", "  warm: on\n", "'warm' must be true or false, not 'on'")),
     label_of);
 
 INSTANTIATE_TEST_SUITE_P(
