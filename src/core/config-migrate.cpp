@@ -195,7 +195,9 @@ std::string executor_section(const YAML::Node& e) {
     if (e && e.IsMap())
         for (auto it = e.begin(); it != e.end(); ++it)
             out += entry(it->first.Scalar(), it->second, 2);
-    if (!e || !e["type"]) out += "  type: direct\n";
+    // auto, as the legacy file is read: each job in a cgroup of its own where systemd delegated
+    // one (loopabull@.service), directly otherwise; the same playbooks run either way.
+    if (!e || !e["type"]) out += "  type: auto\n";
     if (!e || !e["max_parallel"]) {
         out +=
             comment("Changed: parallel runs. 0.0.7 ran one playbook at a time; loopabull runs up\n"

@@ -483,6 +483,16 @@ std::optional<CgroupMode> Manager::cgroup_mode(const ExecutorConfig& e) {
     return mode;
 }
 
+// Out of loopers_ before it stops: a looper that has exited already reports at once
+// (looper_stopped), and what that looks at must not meet an emptied entry.
+Manager::LooperMap::iterator Manager::retire_looper(LooperMap::iterator it) {
+    auto looper = std::move(it->second);
+    auto next = loopers_.erase(it);
+    retiring_.push_back(std::move(looper));
+    retiring_.back()->stop();
+    return next;
+}
+
 void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
     std::set<std::string> names;
     for (auto& lc : wanted) {
@@ -494,9 +504,7 @@ void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
         }
         if (it != loopers_.end()) {
             spdlog::info("looper {} changed; restarting it", lc.name);
-            retiring_.push_back(std::move(it->second));
-            retiring_.back()->stop();
-            loopers_.erase(it);
+            retire_looper(it);
         }
         auto looper =
             std::make_unique<Looper>(event_.get(), *this, lc, options_.instance,
@@ -513,9 +521,7 @@ void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
             continue;
         }
         spdlog::info("looper {} is no longer configured; stopping it", it->first);
-        retiring_.push_back(std::move(it->second));
-        retiring_.back()->stop();
-        it = loopers_.erase(it);
+        it = retire_looper(it);
     }
 }
 

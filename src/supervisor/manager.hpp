@@ -165,6 +165,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     void apply(Config config);
     void configure_warm(const Config& config);
     std::vector<std::string> load_and_apply();
+    using LooperMap = std::map<std::string, std::unique_ptr<Looper>>;
+    LooperMap::iterator retire_looper(LooperMap::iterator it);
     void apply_loopers(const std::vector<LooperConfig>& wanted);
     std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
     std::optional<CgroupMode> cgroup_mode(const ExecutorConfig& e);
@@ -220,7 +222,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::optional<CgroupTree> cgroup_tree_;  // our delegated cgroup, set up
     std::string no_cgroup_reason_;           // why there is none
     std::unique_ptr<ProcessRecords> records_;
-    std::map<std::string, std::unique_ptr<Looper>> loopers_;
+    LooperMap loopers_;
     std::vector<std::unique_ptr<Looper>> retiring_;
     std::unordered_map<JobId, Job> jobs_;
     std::vector<std::string> job_env_;

@@ -80,7 +80,7 @@ def test_bare_name_not_found_names_path(workdir):
     r = check(workdir, config(workdir, ["nosuchlooper"]), path_env)
     assert r.returncode == 1
     assert ("unknown looper 'nosuchlooper': not a bundled looper (bundled loopers: amqp, "
-            f"fedmsg, fedmsgrabbitmq, spool) and not found in PATH ({path_env})") in r.stderr, r.stderr
+            f"fedmsg, fedmsgrabbitmq, journal, spool, webhook) and not found in PATH ({path_env})") in r.stderr, r.stderr
 
 
 def test_relative_path_is_relative_to_the_config_file(workdir, supervisor):

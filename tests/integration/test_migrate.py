@@ -105,7 +105,7 @@ plugins:
     assert doc["ansible"]["playbook_cmd"] == ["/usr/bin/ansible-playbook"]
     # The changes of meaning are said where they happen.
     assert doc["ansible"]["event_variable"] == "top-level"
-    assert doc["executor"] == {"type": "direct", "max_parallel": 4, "timeout": "1500s"}
+    assert doc["executor"] == {"type": "auto", "max_parallel": 4, "timeout": "1500s"}
     for needle in ("Changed: event variables", "Changed: root", "Changed: timeouts",
                    "Changed: parallel runs"):
         assert needle in out
