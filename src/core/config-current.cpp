@@ -384,8 +384,8 @@ void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
         r.error(node, "'loglevel' must be debug, info, warning or error, not '" + *s + "'");
 }
 
-const std::vector<std::string_view> kTopKeys = {"loglevel", "routing_keys", "runtime_dir",
-                                                "loopers",  "ansible",      "executor"};
+const std::vector<std::string_view> kTopKeys = {
+    "loglevel", "routing_keys", "runtime_dir", "loopers", "ansible", "executor", "history"};
 
 void read_current(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "loopabull";
@@ -407,6 +407,7 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
     else
         r.error(root, "missing the 'ansible' section (playbooks_dir at least)");
     if (auto v = root["executor"]) read_executor(r, v, c);
+    if (auto v = root["history"]) read_history(r, v, c);
 }
 
 } // namespace loopabull::config_detail

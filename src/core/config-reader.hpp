@@ -104,4 +104,7 @@ void resolve_looper_command(Reader& r, const YAML::Node& at, std::vector<std::st
 void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c);
 void read_legacy_007(Reader& r, const YAML::Node& root, Config& c);
 
+// The "history" section (config-history.cpp).
+void read_history(Reader& r, const YAML::Node& node, Config& c);
+
 } // namespace loopabull::config_detail

@@ -9,6 +9,7 @@
 #include "supervisor/bus.hpp"
 #include "supervisor/cgroup.hpp"
 #include "supervisor/executor.hpp"
+#include "supervisor/ledger.hpp"
 #include "supervisor/looper.hpp"
 #include "supervisor/proc-tree.hpp"
 #include "supervisor/scope.hpp"
@@ -85,6 +86,7 @@ struct Job {
     std::string aborted_by{}; // set when an operator cancelled it: its result is then "aborted"
     std::uint64_t queued_usec = 0;
     std::uint64_t started_usec = 0;
+    std::string playbook_sha256{}; // when the ledger is on, as read at launch
 };
 
 struct Counters {
@@ -131,6 +133,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::vector<std::string> reload();
     void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
     sd_event* event() const noexcept { return event_.get(); }
+    Ledger* ledger() const noexcept { return ledger_.get(); } // null when history is off
 
   private:
     static int on_signal(sd_event_source*, const signalfd_siginfo*, void*) noexcept;
@@ -169,6 +172,9 @@ class Manager final : public LooperHost, public ExecutorHost {
     // Whether a line an outsider caused may be logged now; says first how many were suppressed.
     bool may_log(LogRateLimit& limit, std::string_view what);
     void flush_rate_limits();
+    // Events that made no job, into the ledger (rejected; unrouted when configured).
+    void ledger_event(const Looper& looper, const std::optional<json>& id, const std::string& key,
+                      Result result, const std::string& reason);
 
     ManagerOptions options_;
     Config config_;
@@ -206,6 +212,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool started_ = false;
     ManagerObserver* observer_ = nullptr;
     std::unique_ptr<ManagerObserver> bus_api_;
+    std::unique_ptr<Ledger> ledger_; // after event_: its timer goes first
     std::deque<JobInfo> history_; // recently finished jobs, newest last
     bool intake_open_ = true;
     bool status_dirty_ = false;
