@@ -144,7 +144,8 @@ std::optional<JobInfo> from_ledger(Ledger* ledger, JobId id) {
               .started_usec = r.started_usec,
               .finished_usec = r.finished_usec,
               .result = std::nullopt,
-              .exit_code = r.exit_code};
+              .exit_code = r.exit_code,
+              .error = r.error};
     for (auto res : {Result::succeeded, Result::failed, Result::unrouted, Result::rejected,
                      Result::timeout, Result::cancelled, Result::aborted})
         if (to_string(res) == r.result) j.result = res;
