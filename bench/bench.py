@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -45,6 +46,15 @@ def rss_bytes(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def private_bytes(pid):
+    """Pages of a process that no other process shares (smaps_rollup Private_*)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
 
 
 def wait_for(predicate, timeout, what):
@@ -112,7 +122,8 @@ class Supervisor:
         self.config_path.write_text(json.dumps(config))
         self.notify = Notify(self.dir)
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
-        env.update(NOTIFY_SOCKET=self.notify.path, LOOPABULL_LOOPER_DIR=str(bench.build / "loopers"))
+        env.update(NOTIFY_SOCKET=self.notify.path, LOOPABULL_LOOPER_DIR=str(bench.build / "loopers"),
+                   LOOPABULL_WARM_RUNNER=str(ROOT / "src" / "supervisor" / "warm-runner.py"))
         self.log = open(self.dir / "loopabull.log", "wb")
         self.t_exec = time.monotonic()
         self.proc = subprocess.Popen([str(bench.loopabull), "--bus=none", "--instance", name,
@@ -181,34 +192,51 @@ class Bench:
     def log(self, msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    def config(self, looper_args, **executor):
+    def config(self, looper_args, extra=None, **executor):
         ex = {"max_parallel": 1, "timeout": "10min", "allow_root": True, "stop_timeout": "2s"}
         ex.update(executor)
         ansible = {"playbooks_dir": str(self.playbooks)}
         if "playbook_cmd" in ex:
             ansible["playbook_cmd"] = ex.pop("playbook_cmd")
-        return {"loglevel": "info", "routing_keys": ["bench.job"],
+        return {"loglevel": "debug" if ex.get("warm") else "info", "routing_keys": ["bench.job"],
                 "loopers": [{"name": "bench", "command": [str(self.looper), *looper_args]}],
-                "ansible": ansible, "executor": ex}
+                "ansible": ansible, "executor": ex, **(extra or {})}
 
     def supervisor(self, config):
         self.counter += 1
         return Supervisor(self, config, f"bench{self.counter}")
 
-    def looper_run(self, count, key, rate=0, timeout=600, **executor):
-        """One supervisor whose looper sends `count` events; the looper's figures, plus the
-        supervisor's CPU time over the run."""
+    def looper_run(self, count, key, rate=0, timeout=600, looper_args=(), extra=None, delay=0,
+                   **executor):
+        """One supervisor whose looper sends `count` events (after `delay` seconds); the
+        looper's figures, plus the supervisor's CPU time over the run. With a warm runner
+        (executor warm: true and a delay), the run starts once it is ready, and the jobs' CPU
+        time is the runner's reaped children's (they are not the supervisor's)."""
         out = self.tmp / f"looper-{self.counter + 1}.json"
         args = ["--count", str(count), "--key", key, "--out", str(out)]
         if rate:
             args += ["--rate", str(rate)]
-        sup = self.supervisor(self.config(args, **executor))
+        args += list(looper_args)
+        if delay:
+            args += ["--delay", str(delay)]
+        executor.setdefault("warm", False)
+        sup = self.supervisor(self.config(args, extra, **executor))
         try:
-            cpu0, all0 = sup.cpu(), cpu_seconds(sup.proc.pid, children=True)
+            zygote = None
+            if executor["warm"] and delay:
+                m = wait_for(lambda: re.search(r"warm runner pid (\d+) has imported",
+                                               sup.log_text()), delay, "the warm runner")
+                zygote = int(m.group(1))
+
+            def jobs_cpu():
+                return cpu_seconds(sup.proc.pid, children=True) + (
+                    cpu_seconds(zygote, children=True) if zygote else 0)
+            cpu0, all0 = sup.cpu(), jobs_cpu()
             res = wait_for(lambda: (r := read_json(out)) and r["final"] and r,
                            timeout, f"{count} answers ({sup.log_text()[-2000:]})")
             res["supervisor_cpu_s"] = sup.cpu() - cpu0
-            res["with_jobs_cpu_s"] = cpu_seconds(sup.proc.pid, children=True) - all0
+            res["with_jobs_cpu_s"] = jobs_cpu() - all0
+            res["warm_jobs"] = len(re.findall(r"job \d+ runs warm", sup.log_text()))
             res["startup_ms"] = (sup.t_ready - sup.t_exec) * 1000
             return res
         finally:
@@ -281,6 +309,36 @@ class Bench:
         for k, v in floor.items():
             self.record("event_path", f"echo_latency_{k}_us", v, "us",
                         note="the same looper against bench-echo: this machine's floor")
+
+    # 1b. event path through 20 routes (issue 14)
+    def routes_config(self):
+        """20 routes that take the key, each with two conditions that hold and a regular
+        expression that does not: every event is judged by all 60 conditions (20 RE2 matches)
+        and no route takes it. Logged at warning: an event no route takes is logged at info."""
+        routes = [{"name": f"r{i}", "keys": ["bench.#"], "playbook": "bench.job.yml",
+                   "when": [{"path": "/n", "exists": True},
+                            {"path": "/n", "not": {"equals": -1}},
+                            {"path": "/s", "matches": f"^route-{i}-[0-9]+$"}]} for i in range(20)]
+        return {"routing_keys": ["all"], "loglevel": "warning", "routes": routes}
+
+    def event_path_routes(self):
+        n = self.args.events
+        plain, routed, ratio = [], [], []
+        for i in range(self.args.reps):
+            p = self.looper_run(n, "bench.unrouted", looper_args=["--tag", "bench"])
+            r = self.looper_run(n, "bench.unrouted", looper_args=["--tag", "bench"],
+                                extra=self.routes_config())
+            assert p["unrouted"] == n and r["unrouted"] == n, (p, r)
+            plain.append(p["events_per_s"])
+            routed.append(r["events_per_s"])
+            ratio.append(r["events_per_s"] / p["events_per_s"])
+            self.log(f"event path with 20 routes {i + 1}: {r['events_per_s']:.0f} events/s, "
+                     f"{ratio[-1]:.2f} of the route-less path ({p['events_per_s']:.0f})")
+        self.record("event_path", "routes20_events_per_s", routed, "events/s", ">= 100000",
+                    lambda v: v >= 100000,
+                    note="20 routes x (2 conditions + 1 RE2 regex), all evaluated, none matching")
+        self.record("event_path", "routes20_ratio", ratio, "x",
+                    note="events/s through 20 routes / events/s without routes, same bodies")
 
     # 2. direct executor
     def direct(self):
@@ -358,6 +416,83 @@ class Bench:
                         note=f"{n} events, jobs/s / serial ansible-playbook loop")
         self.results["ansible"]["curve_jobs_per_s"] = {
             k: {mp: summary(v) for mp, v in d.items()} for k, d in curve.items()}
+
+    # 7. the warm runner (issue 15)
+    def warm(self):
+        n = self.args.warm_events
+        delay = 15  # the runner imports ansible before the first event (0.4 s on a quiet machine)
+        per_job, cpu = {"cold": [], "warm": []}, {"cold": [], "warm": []}
+        for i in range(self.args.ansible_reps):
+            for mode in ("cold", "warm"):
+                r = self.looper_run(n, "bench.job", max_parallel=1, warm=mode == "warm",
+                                    delay=delay if mode == "warm" else 0)
+                assert r["succeeded"] == n, r
+                if mode == "warm":
+                    assert r["warm_jobs"] == n, r
+                per_job[mode].append(r["elapsed_s"] / n)
+                cpu[mode].append(r["with_jobs_cpu_s"] / n)
+            self.log(f"warm {i + 1}: serial, per job: cold {per_job['cold'][-1]:.3f} s "
+                     f"{cpu['cold'][-1]:.3f} s CPU, warm {per_job['warm'][-1]:.3f} s "
+                     f"{cpu['warm'][-1]:.3f} s CPU")
+        self.record("warm", "serial_time_per_job_warm_vs_cold",
+                    [w / c for w, c in zip(per_job["warm"], per_job["cold"])], "ratio", "<= 0.4",
+                    lambda v: v <= 0.4, note=f"{n} events, trivial playbook, max_parallel 1")
+        self.record("warm", "serial_cpu_per_job_warm_vs_cold",
+                    [w / c for w, c in zip(cpu["warm"], cpu["cold"])], "ratio", "<= 0.4",
+                    lambda v: v <= 0.4, note="supervisor + jobs (+ the runner's children)")
+        self.record("warm", "time_per_job_warm_s", per_job["warm"], "s")
+        self.record("warm", "time_per_job_cold_s", per_job["cold"], "s")
+        # 50 events, max_parallel 2, warm, against one cold ansible-playbook per event in a row
+        # (what the original loopabull 0.0.7 does, FIELD-NOTES 9).
+        m = self.args.ansible_events
+        pb = str(self.playbooks / "bench.job.yml")
+        speed = []
+        for i in range(self.args.ansible_reps):
+            base = self.bare(m, 1, "/usr/bin/ansible-playbook", pb, "-e", "loopabull_job_id=0",
+                             quiet=True)
+            r = self.looper_run(m, "bench.job", max_parallel=2, warm=True, delay=delay)
+            assert r["succeeded"] == m, r
+            speed.append((m / r["elapsed_s"]) / base["jobs_per_s"])
+            self.log(f"warm {i + 1}: {m} events max_parallel 2: {m / r['elapsed_s']:.2f} jobs/s, "
+                     f"serial cold loop {base['jobs_per_s']:.2f} jobs/s ({speed[-1]:.2f}x)")
+        self.record("warm", "max_parallel_2_vs_serial_cold_loop", speed, "ratio", ">= 3",
+                    lambda v: v >= 3, note=f"{m} events, warm, jobs/s / serial ansible-playbook")
+        # Memory: the runner, and what one running warm job adds (its private pages: the rest
+        # it shares with the runner) against a cold ansible-playbook's resident set.
+        (self.playbooks / "bench.sleep.yml").write_text(
+            "- hosts: localhost\n  connection: local\n  gather_facts: false\n"
+            "  tasks:\n    - ansible.builtin.command: sleep 600\n")
+        zrss, extra, cold = [], [], []
+        for warm in (True, False):
+            cfg = self.config(["--count", "1", "--key", "bench.sleep", "--delay", "15", "--out",
+                               str(self.tmp / "sleep.json")], max_parallel=1, warm=warm)
+            cfg["routing_keys"] = ["bench.sleep"]
+            sup = self.supervisor(cfg)
+            try:
+                pat = r"job 1 runs warm: pid (\d+)" if warm else r"job 1 started"
+                wait_for(lambda: re.search(pat, sup.log_text()), 60, "the job")
+                if warm:
+                    pid = int(re.search(pat, sup.log_text()).group(1))
+                    z = int(re.search(r"warm runner pid (\d+) has", sup.log_text()).group(1))
+                else:
+                    pid = wait_for(lambda: next((int(p) for p in subprocess.run(
+                        ["pgrep", "-P", str(sup.proc.pid)], capture_output=True,
+                        text=True).stdout.split() if "ansible" in Path(
+                        f"/proc/{p}/cmdline").read_text(errors="replace")), None), 30, "job pid")
+                time.sleep(5)  # the play is at its sleep: every module it needs is imported
+                if warm:
+                    zrss.append(rss_bytes(z) / MiB)
+                    extra.append(private_bytes(pid) / MiB)
+                else:
+                    cold.append(rss_bytes(pid) / MiB)
+            finally:
+                sup.stop()
+        self.log(f"warm: runner {zrss[-1]:.1f} MiB, a running warm job adds {extra[-1]:.1f} MiB "
+                 f"(a cold ansible-playbook {cold[-1]:.1f} MiB)")
+        self.record("warm", "runner_rss_mib", zrss, "MiB")
+        self.record("warm", "extra_rss_per_warm_job_mib", extra, "MiB",
+                    note="private pages of the job's process (the rest is shared)")
+        self.record("warm", "cold_ansible_playbook_rss_mib", cold, "MiB")
 
     # 5. memory
     def memory(self):
@@ -614,11 +749,13 @@ def main():
     ap.add_argument("--ansible-events", type=int, default=50)
     ap.add_argument("--ansible-reps", type=int, default=2)
     ap.add_argument("--ansible-parallel", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--warm-events", type=int, default=20)
     ap.add_argument("--scope-jobs", type=int, default=200)
     ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--queued", type=int, default=100000)
-    ap.add_argument("--only", nargs="+", choices=["event_path", "direct", "scope", "cgroup", "ansible",
-                                                    "memory", "startup"])
+    ap.add_argument("--only", nargs="+", choices=["event_path", "event_path_routes", "direct",
+                                                    "scope", "cgroup", "ansible", "memory", "startup",
+                                                    "warm"])
     ap.add_argument("--docs", action="store_true",
                     help="also write the plot and the table into docs/PERFORMANCE.md")
     args = ap.parse_args()
@@ -627,7 +764,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     info = machine_info()
-    order = ["startup", "event_path", "direct", "memory", "scope", "cgroup", "ansible"]
+    order = ["startup", "event_path", "event_path_routes", "direct", "memory", "scope", "cgroup",
+             "ansible", "warm"]
     try:
         for name in order:
             if args.only and name not in args.only:

@@ -4,7 +4,8 @@
 // its line was written to the moment its answer was read. Written in C so that the looper is
 // never what limits the measured rate.
 //
-//   bench-looper --count N [--rate R] [--key KEY] --out FILE
+//   bench-looper --count N [--rate R] [--key KEY] [--tag TAG] --out FILE
+// (--tag adds a string field "s": "TAG-N" to each body, for routes' regular expressions)
 //
 // FILE receives JSON progress every 100 ms and the final figures once every event is answered;
 // then the looper waits for EOF on stdin (the supervisor's request to stop), as loopers must.
@@ -36,6 +37,7 @@ struct state {
     double rate;
     const char* key;
     const char* out;
+    const char* tag; // --tag: bodies get "s": "TAG-N"
     uint64_t *sent_at, *latency, t_first, t_last;
     char wbuf[1 << 16];
     size_t wlen, woff;
@@ -79,9 +81,13 @@ static void produce(struct state* s, uint64_t t) {
     if (s->woff == s->wlen) s->woff = s->wlen = 0;
     while (s->sent < s->count && s->wlen + 256 < sizeof s->wbuf) {
         if (s->rate > 0 && t < s->t_first + (uint64_t)((double)s->sent * 1e9 / s->rate)) break;
-        int n = snprintf(s->wbuf + s->wlen, sizeof s->wbuf - s->wlen,
-                         "{\"id\":%ld,\"routing_key\":\"%s\",\"body\":{\"n\":%ld}}\n", s->sent,
-                         s->key, s->sent);
+        int n = s->tag ? snprintf(s->wbuf + s->wlen, sizeof s->wbuf - s->wlen,
+                                  "{\"id\":%ld,\"routing_key\":\"%s\",\"body\":{\"n\":%ld,"
+                                  "\"s\":\"%s-%ld\"}}\n",
+                                  s->sent, s->key, s->sent, s->tag, s->sent)
+                       : snprintf(s->wbuf + s->wlen, sizeof s->wbuf - s->wlen,
+                                  "{\"id\":%ld,\"routing_key\":\"%s\",\"body\":{\"n\":%ld}}\n",
+                                  s->sent, s->key, s->sent);
         s->wlen += (size_t)n;
         s->sent_at[s->sent++] = t;
         if (s->rate > 0) break; // paced: one line per write, stamped when written
@@ -124,14 +130,17 @@ static int read_answers(struct state* s) {
 
 int main(int argc, char** argv) {
     static struct state s = {.key = "bench.unrouted"};
+    double delay = 0; // seconds before the first event (a warm runner importing ansible)
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--count")) s.count = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--rate")) s.rate = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--key")) s.key = argv[i + 1];
         else if (!strcmp(argv[i], "--out")) s.out = argv[i + 1];
+        else if (!strcmp(argv[i], "--tag")) s.tag = argv[i + 1];
+        else if (!strcmp(argv[i], "--delay")) delay = atof(argv[i + 1]);
     }
     if (!s.out) {
-        fprintf(stderr, "usage: bench-looper --count N [--rate R] [--key KEY] --out FILE\n");
+        fprintf(stderr, "usage: bench-looper --count N [--rate R] [--key KEY] [--delay S] --out FILE\n");
         return 2;
     }
     s.sent_at = calloc((size_t)s.count + 1, sizeof *s.sent_at);
@@ -140,6 +149,11 @@ int main(int argc, char** argv) {
     fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
     // Wake-ups when due, not up to 50 us later: the latency measured is the supervisor's.
     prctl(PR_SET_TIMERSLACK, 1UL);
+    if (delay > 0) {
+        struct timespec d = {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)};
+        while (nanosleep(&d, &d) < 0 && errno == EINTR) {
+        }
+    }
     s.t_first = now_ns();
     uint64_t next_report = s.t_first;
     int done = 0;

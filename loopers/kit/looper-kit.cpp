@@ -53,6 +53,17 @@ std::string shortened(std::string_view text, std::size_t max) {
     return std::string(text.substr(0, max)) + "...";
 }
 
+std::string default_state_directory(std::string_view kind) {
+    const char* state = std::getenv("STATE_DIRECTORY");
+    const char* looper = std::getenv("LOOPABULL_LOOPER");
+    if (!state || !*state || !looper || !*looper) return {};
+    std::string_view name(looper);
+    if (name.find('/') != std::string_view::npos || name == "." || name == "..") return {};
+    std::string_view dirs(state);
+    return std::string(dirs.substr(0, dirs.find(':'))) + "/" + std::string(kind) + "-" +
+           std::string(name);
+}
+
 void check_protocol() {
     const char* protocol = std::getenv("LOOPABULL_PROTOCOL");
     if (protocol && std::string_view(protocol) != "1")
@@ -154,8 +165,7 @@ void Outbox::flush(int fd) {
     }
 }
 
-std::optional<std::string> event_line(std::string_view key, const json& body,
-                                      std::string_view id) {
+std::optional<std::string> event_line(std::string_view key, const json& body, std::string_view id) {
     constexpr auto strict = json::error_handler_t::strict;
     std::string line;
     try {

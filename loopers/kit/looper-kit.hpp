@@ -39,6 +39,12 @@ template <typename... Parts> void log(const Parts&... parts) {
     log_line(line);
 }
 
+// Where a looper that keeps state (a spool, a cursor) keeps it by default: the first directory of
+// $STATE_DIRECTORY (systemd.exec(5), StateDirectory= of loopabull@.service) joined with
+// "KIND-LOOPER" ($LOOPABULL_LOOPER), so two loopers of one instance never share it. Empty when
+// either variable is missing or the looper's name could leave the directory.
+std::string default_state_directory(std::string_view kind);
+
 // Untrusted text (answers, messages) is shortened before it reaches the log.
 std::string shortened(std::string_view text, std::size_t max = 200);
 

@@ -24,28 +24,54 @@ std::string bundled_list(const std::string& dir) {
     return out;
 }
 
-// The first word of a looper command: a bundled looper's name, or a path.
-void resolve_looper_command(Reader& r, const YAML::Node& at, std::vector<std::string>& cmd) {
-    auto& prog = cmd.front();
+// The directories a bare command name is looked up in: PATH, or the usual ones without it.
+std::string search_path() {
+    const char* env = std::getenv("PATH");
+    return env ? env : "/usr/local/bin:/usr/bin:/bin";
+}
+
+// A bare command name is looked up in PATH once, at load, so that a missing program is a
+// configuration error rather than a failure at every start.
+std::optional<std::string> find_in_path(const std::string& name) {
+    std::stringstream ss(search_path());
+    for (std::string dir; std::getline(ss, dir, ':');)
+        if (!dir.empty() && executable_file(dir + "/" + name)) return dir + "/" + name;
+    return std::nullopt;
+}
+
+// The first word of a looper command, found as systemd finds ExecStart='s program (a bare
+// name in the search path, systemd.service(5)), except that the bundled loopers come first:
+// a name with a '/' is a path (relative to the configuration's directory); a bare name is the
+// bundled looper of that name if there is one, else the program of that name in PATH.
+void resolve_looper_command(Reader& r, const YAML::Node& at, LooperConfig& lc) {
+    auto& prog = lc.command.front();
+    lc.command_as_written = prog;
     if (prog.find('/') != std::string::npos) {
+        lc.origin = LooperOrigin::path;
         prog = r.path(prog);
         if (r.options().check_files && !executable_file(prog))
             r.error(at, "looper command '" + prog + "' is not an executable file");
         return;
     }
     auto bundled = r.options().looper_dir + "/" + prog;
-    if (r.options().check_files && !executable_file(bundled)) {
-        r.error(at, "unknown looper '" + prog +
-                        "' (bundled loopers: " + bundled_list(r.options().looper_dir) +
-                        "); give your own looper as a path containing '/'");
+    if (!r.options().check_files || executable_file(bundled)) {
+        lc.origin = LooperOrigin::bundled;
+        prog = bundled;
         return;
     }
-    prog = bundled;
+    if (auto found = find_in_path(prog)) {
+        lc.origin = LooperOrigin::path_lookup;
+        prog = *found;
+        return;
+    }
+    r.error(at, "unknown looper '" + prog + "': not a bundled looper (bundled loopers: " +
+                    bundled_list(r.options().looper_dir) + ") and not found in PATH (" +
+                    search_path() + ")");
 }
 
 const std::vector<std::string_view> kLooperKeys = {
     "name",          "command",        "config", "restart_delay", "restart_delay_max",
-    "restart_limit", "max_line_length"};
+    "restart_limit", "max_line_length", "routing_keys"};
 
 bool valid_looper_name(const std::string& n) {
     return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char c) {
@@ -68,7 +94,7 @@ std::optional<LooperConfig> read_looper(Reader& r, const YAML::Node& node) {
         r.error(node, "looper '" + lc.name + "' has no 'command'");
     else if (auto c = r.strings(node["command"], "command", true)) {
         lc.command = std::move(*c);
-        resolve_looper_command(r, node["command"], lc.command);
+        resolve_looper_command(r, node["command"], lc);
     }
     if (auto c = node["config"]) {
         if (!c.IsMap() && !c.IsNull())
@@ -90,6 +116,10 @@ std::optional<LooperConfig> read_looper(Reader& r, const YAML::Node& node) {
         else if (n)
             lc.max_line_length = *n;
     }
+    if (auto v = node["routing_keys"]) // issue 14: what this looper may send
+        lc.routing_keys = parse_looper_allowlist(v, [&](const YAML::Node& at, std::string m) {
+            r.error(at, std::move(m));
+        });
     if (lc.restart_delay.count() == 0) r.error(node, "'restart_delay' must be more than 0");
     if (lc.restart_delay_max < lc.restart_delay)
         r.error(node, "'restart_delay_max' must not be below 'restart_delay'");
@@ -143,17 +173,6 @@ void read_layout(Reader& r, const YAML::Node& node, std::string_view key, Config
 bool is_directory(const std::string& p) {
     struct stat st {};
     return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// A bare command name is looked up in PATH once, at load, so that a missing ansible-playbook is
-// a configuration error rather than a failure of every job.
-std::optional<std::string> find_in_path(const std::string& name) {
-    const char* env = std::getenv("PATH");
-    std::string path = env ? env : "/usr/local/bin:/usr/bin:/bin";
-    std::stringstream ss(path);
-    for (std::string dir; std::getline(ss, dir, ':');)
-        if (!dir.empty() && executable_file(dir + "/" + name)) return dir + "/" + name;
-    return std::nullopt;
 }
 
 void resolve_playbook_cmd(Reader& r, const YAML::Node& at, std::vector<std::string>& cmd) {
@@ -235,6 +254,18 @@ void read_cfg_file(Reader& r, const YAML::Node& node, Config& c) {
     }
 }
 
+// The one variable that holds the body, or top-level (the original's form; loopabull.yml(5)).
+void read_event_variable(Reader& r, const YAML::Node& node, Config& c) {
+    auto name = r.string(node, "event_variable");
+    if (!name) return;
+    if (*name == "top-level")
+        c.ansible.event_variable.reset();
+    else if (auto err = event_variable_error(*name))
+        r.error(node, "'event_variable': " + *err + " (or 'top-level')");
+    else
+        c.ansible.event_variable = *name;
+}
+
 void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (!r.mapping(node, "'ansible'", kAnsibleKeys)) return;
     read_playbooks_dir(r, node, c);
@@ -252,22 +283,14 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (auto v = node["trusted_payloads"])
         c.ansible.trusted_payloads = r.boolean(v, "trusted_payloads").value_or(false);
     if (auto v = node["environment"]) read_environment(r, v, c);
-    if (auto v = node["event_variable"]) {
-        if (auto name = r.string(v, "event_variable")) {
-            if (*name == "top-level")
-                c.ansible.event_variable.reset();
-            else if (auto err = event_variable_error(*name))
-                r.error(v, "'event_variable': " + *err + " (or 'top-level')");
-            else
-                c.ansible.event_variable = *name;
-        }
-    }
+    if (auto v = node["event_variable"]) read_event_variable(r, v, c);
 }
 
 const std::vector<std::string_view> kExecutorKeys = {
     "type",         "max_parallel", "queue_size", "timeout",      "kill_grace",
     "stop_timeout", "seccomp",      "allow_root", "limit_nofile", "manager",
-    "slice",        "memory_max",   "tasks_max",  "cpu_quota",    "on_scope_failure"};
+    "slice",        "memory_max",   "tasks_max",  "cpu_quota",    "on_scope_failure",
+    "warm",         "warm_max_jobs", "warm_max_age"};
 
 // "infinity" lifts a limit; anything else goes through the strict grammar of its kind.
 template <typename F>
@@ -362,6 +385,11 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
     if (auto v = node["allow_root"]) e.allow_root = r.boolean(v, "allow_root").value_or(false);
     if (auto v = node["limit_nofile"])
         e.limit_nofile = r.integer(v, "limit_nofile", 64, 1048576).value_or(e.limit_nofile);
+    if (auto v = node["warm"]) e.warm = r.boolean(v, "warm").value_or(e.warm);
+    if (auto v = node["warm_max_jobs"])
+        e.warm_max_jobs = r.integer(v, "warm_max_jobs", 0, 1000000000).value_or(e.warm_max_jobs);
+    if (auto v = node["warm_max_age"])
+        if (auto d = r.duration(v, "warm_max_age")) e.warm_max_age = *d;
     for (auto [key, field] :
          {std::pair{"timeout", &e.timeout}, std::pair{"kill_grace", &e.kill_grace},
           std::pair{"stop_timeout", &e.stop_timeout}}) {
@@ -385,7 +413,22 @@ void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
 }
 
 const std::vector<std::string_view> kTopKeys = {
-    "loglevel", "routing_keys", "runtime_dir", "loopers", "ansible", "executor", "history"};
+    "loglevel", "routing_keys", "runtime_dir", "loopers",
+    "ansible",  "executor",     "routes",      "exit_without_loopers",
+    "history"};
+
+// "off", or a duration above 0.
+void read_exit_without_loopers(Reader& r, const YAML::Node& node, Config& c) {
+    if (node.IsScalar() && node.Scalar() == "off") {
+        c.exit_without_loopers.reset();
+        return;
+    }
+    auto d = r.duration(node, "exit_without_loopers");
+    if (d && d->count() == 0)
+        r.error(node, "'exit_without_loopers' must be more than 0, or off");
+    else if (d)
+        c.exit_without_loopers = *d;
+}
 
 void read_current(Reader& r, const YAML::Node& root, Config& c) {
     c.dialect = "loopabull";
@@ -407,6 +450,12 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
     else
         r.error(root, "missing the 'ansible' section (playbooks_dir at least)");
     if (auto v = root["executor"]) read_executor(r, v, c);
+    if (auto v = root["routes"]) { // issue 14: parsed and checked in core/route.cpp
+        auto sink = [&](const YAML::Node& at, std::string m) { r.error(at, std::move(m)); };
+        c.routes = parse_routes(v, looper_names(c), sink);
+        if (r.options().check_files) check_route_playbooks(v, c.ansible.playbooks_dir, sink);
+    }
+    if (auto v = root["exit_without_loopers"]) read_exit_without_loopers(r, v, c);
     if (auto v = root["history"]) read_history(r, v, c);
 }
 

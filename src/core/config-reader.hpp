@@ -98,9 +98,16 @@ void resolve_playbook_cmd(Reader& r, const YAML::Node& at, std::vector<std::stri
 void read_cfg_file(Reader& r, const YAML::Node& node, Config& c);
 void read_inventory(Reader& r, const YAML::Node& node, std::string_view key, Config& c);
 bool valid_looper_name(const std::string& n);
-void resolve_looper_command(Reader& r, const YAML::Node& at, std::vector<std::string>& cmd);
+// Resolves lc.command's first word and records how (lc.origin, lc.command_as_written).
+void resolve_looper_command(Reader& r, const YAML::Node& at, LooperConfig& lc);
+// Sections of the current dialect that the legacy dialects accept beside their own (issue 16).
+void read_environment(Reader& r, const YAML::Node& node, Config& c);
+void read_event_variable(Reader& r, const YAML::Node& node, Config& c);
+void read_executor(Reader& r, const YAML::Node& node, Config& c);
 
-// The dialects of the original loopabull (config-legacy.cpp).
+// The dialects of the original loopabull (config-legacy.cpp). playbook_cmd there was one
+// string that the original split on white space (and ran without a shell).
+std::vector<std::string> split_words(const std::string& s);
 void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c);
 void read_legacy_007(Reader& r, const YAML::Node& root, Config& c);
 

@@ -21,7 +21,8 @@ void read_document(Reader& r, const YAML::Node& root, Config& c) {
         r.error(root, "the configuration must be a YAML mapping");
         return;
     }
-    bool has_new = root["loopers"] || root["executor"] || root["runtime_dir"];
+    // executor: is not among them: the legacy dialects take it as it is.
+    bool has_new = root["loopers"] || root["runtime_dir"];
     if (root["plugins"] && !has_new) return read_legacy_007(r, root, c);
     if ((root["plugin"] || root["path_translator"]) && !has_new)
         return read_legacy_readme(r, root, c);

@@ -5,6 +5,7 @@
 
 #include "core/config-error.hpp"
 #include "core/log-level.hpp"
+#include "core/route.hpp"
 #include "core/routing.hpp"
 #include "core/sandbox.hpp"
 
@@ -22,14 +23,25 @@ namespace loopabull {
 
 using usec = std::chrono::microseconds;
 
+// How a looper's program was found (loopabull --check-config -v and the log say it).
+enum class LooperOrigin {
+    bundled,     // a bare name of a looper in the looper directory
+    path_lookup, // a bare name found in PATH, as systemd's ExecStart= finds one
+    path,        // a name with a '/': a path, relative ones against the config's directory
+};
+
 struct LooperConfig {
     std::string name;
-    std::vector<std::string> command;
+    std::vector<std::string> command; // command[0] resolved to an absolute path
+    std::string command_as_written;   // command[0] as the configuration gave it
+    LooperOrigin origin = LooperOrigin::path;
     nlohmann::json config = nlohmann::json::object();
     usec restart_delay = std::chrono::seconds(1);
     usec restart_delay_max = std::chrono::minutes(1);
     unsigned restart_limit = 5;
     std::size_t max_line_length = 1 << 20;
+    // The routing keys this looper may send (patterns as routing_keys); others are rejected.
+    std::optional<std::vector<std::string>> routing_keys;
 
     bool operator==(const LooperConfig&) const = default;
 };
@@ -70,6 +82,11 @@ struct ExecutorConfig {
     std::optional<SeccompPolicy> seccomp_policy = default_seccomp_policy(); // nullopt: off
     bool allow_root = false;
     std::uint64_t limit_nofile = 4096;
+    // The warm runner (supervisor/warm.hpp): on unless turned off, used only when playbook_cmd
+    // is ansible's own ansible-playbook; replaced after so many jobs (0: never) or so long.
+    bool warm = true;
+    std::uint64_t warm_max_jobs = 1000;
+    usec warm_max_age = std::chrono::hours(1);
 };
 
 // The durable job ledger (issue 17; loopabull.yml(5) "history").
@@ -92,9 +109,12 @@ struct Config {
     std::vector<std::string> routing_keys{"all"};
     std::optional<std::string> runtime_dir;
     std::vector<LooperConfig> loopers;
+    std::vector<Route> routes; // empty: the routing key alone picks the playbook
     AnsibleConfig ansible;
     ExecutorConfig executor;
     HistoryConfig history;
+    // With every looper failed this long, loopabull exits with status 1; nullopt: never.
+    std::optional<usec> exit_without_loopers = std::chrono::minutes(5);
 };
 
 struct LoadOptions {

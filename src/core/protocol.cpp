@@ -136,6 +136,10 @@ std::string_view to_string(Result r) noexcept {
         return "rejected";
     case Result::timeout:
         return "timeout";
+    case Result::superseded:
+        return "superseded";
+    case Result::throttled:
+        return "throttled";
     case Result::cancelled:
         return "cancelled";
     case Result::aborted:

@@ -32,8 +32,9 @@ using ParsedEvent = std::variant<Event, Rejection>;
 ParsedEvent parse_event(std::string_view line);
 
 // cancelled: a shutdown interrupted the job or never started it (the looper puts the event back);
-// aborted (added in 0.2): an operator cancelled it, final (loopabull-looper(7)).
-enum class Result { succeeded, failed, unrouted, rejected, timeout, cancelled, aborted };
+// aborted (added in 0.2): an operator cancelled it, final (loopabull-looper(7));
+// superseded and throttled (added in 0.2, routes): settled as done without running.
+enum class Result { succeeded, failed, unrouted, rejected, timeout, cancelled, aborted, superseded, throttled };
 
 std::string_view to_string(Result r) noexcept;
 

@@ -127,8 +127,11 @@ std::string playbook_relative_path(std::string_view key, Layout layout) {
 
 PlaybookLookup find_playbook(int dirfd, const std::string& dir, std::string_view key,
                              Layout layout) {
+    return find_playbook_at(dirfd, dir, playbook_relative_path(key, layout));
+}
+
+PlaybookLookup find_playbook_at(int dirfd, const std::string& dir, const std::string& rel) {
     using S = PlaybookLookup::Status;
-    std::string rel = playbook_relative_path(key, layout);
     std::string path = dir + "/" + rel;
     long fd = openat2_beneath(dirfd, rel);
     if (fd < 0) {

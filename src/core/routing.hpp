@@ -45,4 +45,8 @@ struct PlaybookLookup {
 PlaybookLookup find_playbook(int playbooks_dirfd, const std::string& playbooks_dir,
                              std::string_view key, Layout layout);
 
+// The same for a path relative to playbooks_dir (a route's `playbook`).
+PlaybookLookup find_playbook_at(int playbooks_dirfd, const std::string& playbooks_dir,
+                                const std::string& relative);
+
 } // namespace loopabull

@@ -3,6 +3,7 @@
 // (org.loopabull.Loopabull1(5)), in the manner of systemctl. See loopabullctl(1).
 #include "ctl/submit.hpp"
 #include "ctl/history.hpp"
+#include "ctl/ctl-routes.hpp"
 #include "shared/dbus-names.hpp"
 
 #include "build-config.h"
@@ -65,12 +66,17 @@ Commands:
   submit KEY [FILE|-]
                     write an event (a JSON object) into the instance's spool, or the
                     directory given with --spool DIR; prints the event id
+  explain KEY [BODY-JSON|@FILE]
+                    what the instance would do with this event now, and why:
+                    routes, conditions, playbook, serialization, throttle, variables
+                    (queues nothing; exit 0 would run, 1 would not)
 
 Options:
   -i, --instance NAME   the instance (default: "default"); loopabull@NAME.service
       --user            talk to the user bus instead of the system bus
       --system          talk to the system bus (the default)
       --json            print JSON, for scripts
+      --looper NAME     explain: the event comes from looper NAME (default: any)
       --no-ask-password do not ask for a password (no polkit agent is started)
   -h, --help            show this help
   -V, --version         show the version
@@ -87,6 +93,7 @@ struct Options {
     bool json = false;
     bool ask_password = true;
     std::string command = "status";
+    std::string looper; // explain
     std::vector<std::string> args;
     // history's filters
     std::string key, result, since;
@@ -115,7 +122,7 @@ std::uint64_t parse_job_id(const std::string& s) {
 }
 
 Options parse_args(int argc, char** argv) {
-    enum { kUser = 0x100, kSystem, kJson, kNoAsk, kKey, kResult, kSince, kLimit };
+    enum { kUser = 0x100, kSystem, kJson, kNoAsk, kKey, kResult, kSince, kLimit, kLooper };
     static const option longopts[] = {{"instance", required_argument, nullptr, 'i'},
                                       {"user", no_argument, nullptr, kUser},
                                       {"system", no_argument, nullptr, kSystem},
@@ -125,6 +132,7 @@ Options parse_args(int argc, char** argv) {
                                       {"result", required_argument, nullptr, kResult},
                                       {"since", required_argument, nullptr, kSince},
                                       {"limit", required_argument, nullptr, kLimit},
+                                      {"looper", required_argument, nullptr, kLooper},
                                       {"help", no_argument, nullptr, 'h'},
                                       {"version", no_argument, nullptr, 'V'},
                                       {nullptr, 0, nullptr, 0}};
@@ -150,6 +158,7 @@ Options parse_args(int argc, char** argv) {
                 usage_error(std::string("invalid --limit '") + optarg + "': 1 to 10000");
             break;
         }
+        case kLooper: o.looper = optarg; break;
         case 'h': std::fputs(kUsageText, stdout); std::exit(kOk);
         case 'V': std::printf("loopabullctl %s\n", LOOPABULL_VERSION); std::exit(kOk);
         default: usage_error("invalid arguments");
@@ -159,6 +168,11 @@ Options parse_args(int argc, char** argv) {
         usage_error("invalid instance name '" + o.instance + "': letters, digits, '_', '-' and '.' only");
     if (optind < argc) o.command = argv[optind++];
     for (; optind < argc; ++optind) o.args.emplace_back(argv[optind]);
+    if (o.command == "explain") {
+        if (o.args.empty() || o.args.size() > 2)
+            usage_error("'explain' takes ROUTING_KEY [BODY-JSON|@FILE]");
+        return o;
+    }
     static const std::map<std::string, std::size_t> arity = {
         {"status", 0}, {"jobs", 0}, {"job", 1}, {"cancel", 1}, {"pause", 0}, {"resume", 0}, {"reload", 0}, {"history", 0}};
     auto it = arity.find(o.command);
@@ -500,6 +514,8 @@ int cmd_status(Client& c, const Options& o) {
                   {"jobs_running", n("JobsRunning")},
                   {"jobs_succeeded", n("JobsSucceeded")},
                   {"jobs_failed", n("JobsFailed")},
+                  {"warm_runner", s.text["WarmRunner"]},
+                  {"warm_runner_memory", n("WarmRunnerMemory")},
                   {"loopers", json::array()},
                   {"jobs", json::array()}};
         for (auto& l : loopers) j["loopers"].push_back(to_json(l));
@@ -516,6 +532,11 @@ int cmd_status(Client& c, const Options& o) {
     std::printf("     Jobs: %" PRIu64 " running, %" PRIu64 " queued, %" PRIu64 " succeeded, %" PRIu64
                 " failed\n",
                 n("JobsRunning"), n("JobsQueued"), n("JobsSucceeded"), n("JobsFailed"));
+    if (s.text.count("WarmRunner")) {
+        auto rss = n("WarmRunnerMemory");
+        std::printf("     Warm: %s%s\n", s.text["WarmRunner"].c_str(),
+                    rss ? (", " + std::to_string(rss >> 20) + " MiB resident").c_str() : "");
+    }
     if (loopers.empty()) std::printf("  Loopers: none\n");
     for (std::size_t i = 0; i < loopers.size(); ++i) {
         auto& l = loopers[i];
@@ -559,10 +580,32 @@ int cmd_jobs(Client& c, const Options& o) {
     return kOk;
 }
 
+// Routes (issue 14): the route, serialization value and replacing job; empty from an instance
+// older than GetJobRouting.
+loopabull::ctl::JobRouting get_job_routing(Client& c, std::uint64_t id) {
+    loopabull::ctl::JobRouting r;
+    try {
+        auto reply = c.call(kBusInterface, "GetJobRouting", [id](sd_bus_message* m) {
+            return sd_bus_message_append(m, "t", id);
+        });
+        const char *route = nullptr, *value = nullptr;
+        check_read(sd_bus_message_read(reply.get(), "sst", &route, &value, &r.superseded_by));
+        r.route = route;
+        r.serialize_value = value;
+    } catch (const Failure&) {
+    }
+    return r;
+}
+
 int cmd_job(Client& c, const Options& o) {
     auto j = get_job(c, parse_job_id(o.args[0]));
     if (o.json) {
-        print_json(to_json(j));
+        auto out = to_json(j);
+        auto routing = get_job_routing(c, j.id);
+        if (!routing.route.empty()) out["route"] = routing.route;
+        if (!routing.serialize_value.empty()) out["serialize_value"] = routing.serialize_value;
+        if (routing.superseded_by) out["superseded_by"] = routing.superseded_by;
+        print_json(out);
         return kOk;
     }
     std::printf("         Job: %" PRIu64 "\n", j.id);
@@ -578,6 +621,7 @@ int cmd_job(Client& c, const Options& o) {
     std::string took = format_duration(j.started_usec, j.finished_usec);
     std::printf("    Finished: %s%s\n", format_time(j.finished_usec).c_str(),
                 j.finished_usec && !took.empty() ? (" (ran " + took + ")").c_str() : "");
+    std::fputs(loopabull::ctl::job_routing_lines(get_job_routing(c, j.id)).c_str(), stdout);
     return kOk;
 }
 
@@ -667,6 +711,17 @@ int main(int argc, char** argv) {
         if (o.command == "jobs") return cmd_jobs(c, o);
         if (o.command == "job") return cmd_job(c, o);
         if (o.command == "history") return cmd_history(c, o);
+        if (o.command == "explain")
+            return loopabull::ctl::cmd_explain(o.args, o.looper, o.json, [&](const std::string& key, const std::string& body,
+                                                                  const std::string& looper) {
+                auto reply = c.call(kBusInterface, "Explain", [&](sd_bus_message* m) {
+                    return sd_bus_message_append(m, "sss", key.c_str(), body.c_str(), looper.c_str());
+                });
+                int would_run = 0;
+                const char *text = nullptr, *json = nullptr;
+                check_read(sd_bus_message_read(reply.get(), "bss", &would_run, &text, &json));
+                return loopabull::ctl::ExplainReply{would_run != 0, text, json};
+            });
         return cmd_manage(c, o);
     } catch (const Failure& f) {
         std::fprintf(stderr, "loopabullctl: %s\n", f.message.c_str());

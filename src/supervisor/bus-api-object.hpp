@@ -64,6 +64,7 @@ inline const char* verb_name(Verb v) noexcept {
 struct Snapshot {
     std::string state;
     std::uint64_t events_received = 0, events_rejected = 0, jobs_succeeded = 0, jobs_failed = 0;
+    std::uint64_t events_superseded = 0, events_throttled = 0;
     std::uint32_t jobs_queued = 0, jobs_running = 0;
 };
 
@@ -113,6 +114,8 @@ private:
     static int pause(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int resume(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int reload(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
+    static int explain(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
+    static int get_job_routing(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*) noexcept;
     static int on_properties_timer(sd_event_source*, uint64_t, void* userdata) noexcept;
     static int on_disconnected(sd_bus_message*, void* userdata, sd_bus_error*) noexcept;

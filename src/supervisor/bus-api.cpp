@@ -66,6 +66,8 @@ Snapshot BusApi::snapshot() const {
     s.events_rejected = c.events_rejected;
     s.jobs_succeeded = c.jobs_succeeded;
     s.jobs_failed = c.jobs_failed;
+    s.events_superseded = c.events_superseded;
+    s.events_throttled = c.events_throttled;
     s.jobs_queued = static_cast<std::uint32_t>(manager_.jobs_queued());
     s.jobs_running = static_cast<std::uint32_t>(manager_.jobs_running());
     return s;
@@ -109,6 +111,8 @@ void BusApi::emit_properties() {
     add(now.jobs_running != sent_.jobs_running, "JobsRunning");
     add(now.jobs_succeeded != sent_.jobs_succeeded, "JobsSucceeded");
     add(now.jobs_failed != sent_.jobs_failed, "JobsFailed");
+    add(now.events_superseded != sent_.events_superseded, "EventsSuperseded");
+    add(now.events_throttled != sent_.events_throttled, "EventsThrottled");
     if (names.empty()) return;
     names.push_back(nullptr);
     int r = sd_bus_emit_properties_changed_strv(bus_.get(), kBusObjectPath, kBusInterface, names.data());

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // The vtable of org.loopabull.Loopabull1.Manager: properties, and the handlers of its methods.
 #include "supervisor/bus-api-object.hpp"
+#include "supervisor/bus-routes.hpp"
 
 #include "build-config.h"
 
@@ -32,6 +33,11 @@ const sd_bus_vtable BusApi::kVtable[] = {
     SD_BUS_PROPERTY("JobsRunning", "u", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("JobsSucceeded", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("JobsFailed", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("EventsSuperseded", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("EventsThrottled", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    // The warm runner (supervisor/warm.hpp): read when wanted, no change signal.
+    SD_BUS_PROPERTY("WarmRunner", "s", get_property, 0, 0),
+    SD_BUS_PROPERTY("WarmRunnerMemory", "t", get_property, 0, 0),
     SD_BUS_METHOD_WITH_NAMES("ListLoopers", "", "", "a(ssuut)", SD_BUS_PARAM(loopers),
                              list_loopers, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("ListJobs", "", "", "a(tsssts)", SD_BUS_PARAM(jobs),
@@ -49,6 +55,14 @@ const sd_bus_vtable BusApi::kVtable[] = {
                                  SD_BUS_PARAM(since_usec) SD_BUS_PARAM(limit),
                              "s", SD_BUS_PARAM(records), list_history,
                              SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("GetJobRouting", "t", SD_BUS_PARAM(id), "sst",
+                             SD_BUS_PARAM(route) SD_BUS_PARAM(serialize_value)
+                                 SD_BUS_PARAM(superseded_by),
+                             get_job_routing, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("Explain", "sss",
+                             SD_BUS_PARAM(routing_key) SD_BUS_PARAM(body) SD_BUS_PARAM(looper),
+                             "bss", SD_BUS_PARAM(would_run) SD_BUS_PARAM(text) SD_BUS_PARAM(json),
+                             explain, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("CancelJob", "t", SD_BUS_PARAM(id), "", "", cancel_job,
                              SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Pause", "", "", pause, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -67,6 +81,10 @@ int BusApi::get_property(sd_bus*, const char*, const char*, const char* property
         std::string_view p(property);
         if (p == "Instance") return sd_bus_message_append(reply, "s", self->manager_.instance().c_str());
         if (p == "Version") return sd_bus_message_append(reply, "s", LOOPABULL_VERSION);
+        if (p == "WarmRunner")
+            return sd_bus_message_append(reply, "s", self->manager_.warm_state().c_str());
+        if (p == "WarmRunnerMemory")
+            return sd_bus_message_append(reply, "t", self->manager_.warm_rss_bytes());
         auto s = self->snapshot();
         if (p == "State") return sd_bus_message_append(reply, "s", s.state.c_str());
         if (p == "EventsReceived") return sd_bus_message_append(reply, "t", s.events_received);
@@ -75,6 +93,8 @@ int BusApi::get_property(sd_bus*, const char*, const char*, const char* property
         if (p == "JobsRunning") return sd_bus_message_append(reply, "u", s.jobs_running);
         if (p == "JobsSucceeded") return sd_bus_message_append(reply, "t", s.jobs_succeeded);
         if (p == "JobsFailed") return sd_bus_message_append(reply, "t", s.jobs_failed);
+        if (p == "EventsSuperseded") return sd_bus_message_append(reply, "t", s.events_superseded);
+        if (p == "EventsThrottled") return sd_bus_message_append(reply, "t", s.events_throttled);
         return sd_bus_error_setf(error, SD_BUS_ERROR_UNKNOWN_PROPERTY, "Unknown property %s", property);
     });
 }
@@ -145,9 +165,13 @@ std::optional<JobInfo> from_ledger(Ledger* ledger, JobId id) {
               .finished_usec = r.finished_usec,
               .result = std::nullopt,
               .exit_code = r.exit_code,
-              .error = r.error};
+              .error = r.error,
+              .route = r.route,
+              .serial_value = {},
+              .superseded_by = std::nullopt};
     for (auto res : {Result::succeeded, Result::failed, Result::unrouted, Result::rejected,
-                     Result::timeout, Result::cancelled, Result::aborted})
+                     Result::timeout, Result::cancelled, Result::aborted, Result::superseded,
+                     Result::throttled})
         if (to_string(res) == r.result) j.result = res;
     return j;
 }
@@ -219,6 +243,19 @@ int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noex
             static_cast<std::uint64_t>(job->queued_usec), static_cast<std::uint64_t>(job->started_usec),
             static_cast<std::uint64_t>(job->finished_usec), result.c_str(),
             static_cast<std::int32_t>(job->exit_code.value_or(-1)), job->error.c_str());
+    });
+}
+
+// Routes (issue 14): read-only, open to every caller like the reads above.
+int BusApi::explain(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] { return bus_explain(m, self->manager_, error); });
+}
+
+int BusApi::get_job_routing(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        return bus_get_job_routing(m, self->manager_, kErrorNoSuchJob, error);
     });
 }
 

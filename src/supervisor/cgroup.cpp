@@ -256,6 +256,14 @@ void CgroupTree::signal_all(const std::string& dir, int sig) {
         signal_all(dir + "/" + c, sig);
 }
 
+std::optional<std::string> CgroupTree::enter(int cgroup_fd, pid_t pid) {
+    UniqueFd fd(openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC));
+    auto text = std::to_string(pid);
+    if (!fd || write(fd.get(), text.data(), text.size()) < 0)
+        return std::string("cgroup.procs: ") + std::strerror(errno);
+    return std::nullopt;
+}
+
 bool CgroupTree::remove(const std::string& dir) {
     for (auto& c : children(dir))
         if (!remove(dir + "/" + c)) return false;

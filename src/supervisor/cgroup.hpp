@@ -73,6 +73,9 @@ class CgroupTree {
     // Removes the cgroup and any cgroups below it; false while processes are still in it
     // (EBUSY: killed processes leave asynchronously): try again later.
     static bool remove(const std::string& dir);
+    // Moves process pid into the cgroup whose directory descriptor is cgroup_fd (a write of the
+    // pid to its cgroup.procs). The reason on failure, as text.
+    static std::optional<std::string> enter(int cgroup_fd, pid_t pid);
     // Whether a process is still in the cgroup or below (cgroup.events "populated").
     static bool populated(const std::string& dir);
 

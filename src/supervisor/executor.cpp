@@ -4,6 +4,7 @@
 #include "supervisor/log.hpp"
 #include "supervisor/proc-tree.hpp"
 #include "supervisor/process.hpp"
+#include "supervisor/warm.hpp"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -20,6 +21,7 @@ struct Executor::Run {
     std::string name; // job id as text, for log fields
     std::string routing_key;
     pid_t pid = -1;
+    bool warm = false; // a child of the warm runner, which reports its exit
     usec kill_grace{};
     bool timed_out = false;
     bool cancelled = false;
@@ -134,15 +136,42 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
         s.journal_header = &header;
     }
     bool direct = !scope_ && !cg;
-    if (cg) {
-        s.cgroup_fd = cg->fd.get();
-    } else if (direct) {
-        // Orphans of the job stay below its first process, which outlives a killed supervisor
-        // (no death signal) so that the next start finds the whole tree from its record.
-        s.subreaper = true;
-        s.death_signal = 0;
+    // The warm runner forks the job (supervisor/warm.hpp). In a cgroup its child waits at a gate
+    // until it has been moved there, as a scope's child waits for its scope.
+    std::optional<Spawned> warm;
+    if (warm_) {
+        bool own_gate = cg && !gate;
+        if (own_gate) {
+            gate = make_pipe(false, false);
+            s.wait_fd = gate->read.get();
+            s.wait_peer_fd = gate->write.get();
+        }
+        warm = warm_->spawn(s, spec.id);
+        if (!warm && own_gate) {
+            gate.reset();
+            s.wait_fd = s.wait_peer_fd = -1;
+        }
+        if (warm && cg) {
+            if (auto err = CgroupTree::enter(cg->fd.get(), warm->pid)) {
+                kill(-warm->pid, SIGKILL);
+                kill(warm->pid, SIGKILL);
+                CgroupTree::remove(cg->dir);
+                return "cannot move the warm job into its cgroup: " + *err;
+            }
+        }
     }
-    auto child = spawn(s);
+    if (!warm) {
+        if (cg) {
+            s.cgroup_fd = cg->fd.get();
+        } else if (direct) {
+            // Orphans of the job stay below its first process, which outlives a killed
+            // supervisor (no death signal) so that the next start finds the whole tree from its
+            // record.
+            s.subreaper = true;
+            s.death_signal = 0;
+        }
+    }
+    auto child = warm ? std::move(*warm) : spawn(s);
     if (child.pid < 0) {
         if (cg) CgroupTree::remove(cg->dir);
         return std::string(child.stage) + " " + spec.argv[0] +
@@ -154,6 +183,7 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
     run->name = std::to_string(spec.id);
     run->routing_key = spec.routing_key;
     run->pid = child.pid;
+    run->warm = warm.has_value();
     run->kill_grace = spec.kill_grace;
     run->output = std::move(out.read);
     run->spawn_report = std::move(child.pending_report);
@@ -175,7 +205,10 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
     }
     if (gate) {
         r.release = std::move(gate->write);
-        create_scope(r, spec);
+        if (scope_)
+            create_scope(r, spec);
+        else
+            r.release_child(); // a warm child, in its cgroup now
     }
     return std::nullopt;
 }
@@ -226,7 +259,9 @@ void Executor::add_sources(Run& r, usec timeout) {
     };
     check(sd_event_add_io(event_, &s, r.output.get(), EPOLLIN, on_output, &r), r.output_source,
           "output");
-    check(sd_event_add_child(event_, &s, r.pid, WEXITED, on_exit, &r), r.child_source, "process");
+    if (!r.warm)
+        check(sd_event_add_child(event_, &s, r.pid, WEXITED, on_exit, &r), r.child_source,
+              "process");
     check(sd_event_add_time_relative(event_, &s, CLOCK_MONOTONIC,
                                      static_cast<uint64_t>(timeout.count()), 0, on_timeout, &r),
           r.timeout_timer, "timeout");
@@ -252,6 +287,17 @@ int Executor::on_exit(sd_event_source*, const siginfo_t* si, void* userdata) noe
         spdlog::error("job {}: {}", run->id, e.what());
     }
     return 0;
+}
+
+void Executor::warm_exited(JobId id, const siginfo_t& si, const std::string& failure) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    auto& run = *it->second;
+    if (!failure.empty()) {
+        kill(-run.pid, SIGKILL); // what the job started outlives its runner's death signal
+        run.failure = failure;
+    }
+    finish(run, si);
 }
 
 void Executor::finish(Run& run, const siginfo_t& si) {

@@ -21,6 +21,8 @@
 
 namespace loopabull {
 
+class WarmRunner;
+
 struct JobSpec {
     JobId id = 0;
     std::string routing_key;
@@ -73,6 +75,12 @@ class Executor {
     // Where the direct executor records its running jobs' first processes (see ProcessRecords).
     void set_records(ProcessRecords* records) { records_ = records; }
 
+    // Jobs start in a child of this warm runner when it can take them (supervisor/warm.hpp),
+    // else cold. nullptr: always cold. The runner must outlive the executor's jobs.
+    void set_warm(WarmRunner* warm) { warm_ = warm; }
+    // The warm runner's report that a job's process ended (failure: the runner died with it).
+    void warm_exited(JobId id, const siginfo_t& si, const std::string& failure);
+
     // Starts the job, or says why it could not be started.
     std::optional<std::string> start(const JobSpec& spec);
     // Stops every process of the job (SIGTERM, SIGKILL after its grace); result "cancelled".
@@ -104,6 +112,7 @@ class Executor {
     std::vector<std::string> dead_cgroups_;
     SourcePtr sweep_timer_;
     unsigned sweeps_ = 0;
+    WarmRunner* warm_ = nullptr;
     std::unordered_map<JobId, std::unique_ptr<Run>> runs_;
 };
 

@@ -34,7 +34,7 @@ struct LedgerRecord {
     std::string event_id{}; // the event's id as JSON text ("" when it had none)
     std::string looper{};
     std::string routing_key{};
-    std::string route{};           // empty until routes exist (issue 14)
+    std::string route{};           // the route that took it; empty without routes
     std::string playbook{};        // absolute path
     std::string playbook_sha256{}; // hex, of the file as read when the job started
     std::string user{};            // the user the playbook ran as

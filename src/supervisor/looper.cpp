@@ -13,6 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -58,7 +61,40 @@ template <typename F> int guarded(const Looper& looper, const char* what, F&& f)
     return 0;
 }
 
+// The sockets systemd passed to loopabull, by FileDescriptorName=; close-on-exec (set by
+// sd_listen_fds), so only a looper that names one receives it.
+std::vector<std::pair<std::string, UniqueFd>> g_listen_fds;
+
+// (name, descriptor) of each passed socket the looper's config names as "fd:NAME" in its
+// "listen" list, in the order named.
+std::vector<std::pair<std::string, int>> requested_sockets(const nlohmann::json& config) {
+    std::vector<std::pair<std::string, int>> out;
+    auto listen = config.is_object() ? config.find("listen") : config.end();
+    if (!config.is_object() || listen == config.end() || !listen->is_array()) return out;
+    for (const auto& item : *listen) {
+        if (!item.is_string()) continue;
+        std::string_view text = item.get_ref<const std::string&>();
+        if (!text.starts_with("fd:")) continue;
+        for (const auto& [name, fd] : g_listen_fds)
+            if (name == text.substr(3)) out.emplace_back(name, fd.get());
+    }
+    return out;
+}
+
 } // namespace
+
+void adopt_listen_fds() {
+    char** names = nullptr;
+    int n = sd_listen_fds_with_names(1, &names);
+    if (n < 0) spdlog::warn("cannot take the sockets passed by systemd: {}", std::strerror(-n));
+    for (int i = 0; i < std::max(n, 0); ++i) {
+        g_listen_fds.emplace_back(names[i], UniqueFd(SD_LISTEN_FDS_START + i));
+        spdlog::info("socket {} (descriptor {}) passed by systemd", names[i],
+                     SD_LISTEN_FDS_START + i);
+        free(names[i]);
+    }
+    free(names);
+}
 
 std::string_view to_string(LooperState s) noexcept {
     switch (s) {
@@ -125,12 +161,21 @@ UniqueFd Looper::config_memfd() const {
     return fd;
 }
 
-std::vector<std::string> Looper::environment() const {
+std::vector<std::string> Looper::environment(const std::vector<std::string>& socket_names) const {
     auto env = inherited_environment();
     env.push_back("LOOPABULL_PROTOCOL=1");
     env.push_back("LOOPABULL_INSTANCE=" + instance_);
     env.push_back("LOOPABULL_LOOPER=" + config_.name);
-    env.push_back("LOOPABULL_CONFIG_FILE=/proc/self/fd/3");
+    // The config follows the passed sockets, which sd_listen_fds(3) wants from descriptor 3 on.
+    env.push_back("LOOPABULL_CONFIG_FILE=/proc/self/fd/" + std::to_string(3 + socket_names.size()));
+    if (!socket_names.empty()) {
+        std::string names;
+        for (const auto& n : socket_names)
+            names += (names.empty() ? "" : ":") + n;
+        env.push_back("LISTEN_FDS=" + std::to_string(socket_names.size()));
+        env.push_back("LISTEN_FDNAMES=" + names);
+        env.push_back("LISTEN_PID=" + std::string(20, ' ')); // filled in by the child
+    }
     env.push_back("LOOPABULL_MAX_PARALLEL=" + std::to_string(max_parallel_));
     auto timeout_s = std::chrono::duration_cast<std::chrono::seconds>(job_timeout_).count();
     if (timeout_s > 0) env.push_back("LOOPABULL_JOB_TIMEOUT=" + std::to_string(timeout_s));
@@ -142,8 +187,24 @@ void Looper::spawn() {
     auto out = make_pipe(true, false);
     auto err = make_pipe(true, false);
     auto memfd = config_memfd();
-    SpawnSpec spec{config_.command, environment(), in.read.get(), out.write.get(),
-                   err.write.get(), memfd.get(),   false,         SIGTERM};
+    // Sockets this looper names, moved above the range the child places them in.
+    auto sockets = requested_sockets(config_.config);
+    std::vector<std::string> names;
+    std::vector<UniqueFd> moved;
+    int above = static_cast<int>(3 + sockets.size() + 1);
+    for (const auto& [name, fd] : sockets) {
+        moved.emplace_back(fcntl(fd, F_DUPFD_CLOEXEC, above));
+        if (!moved.back())
+            throw std::system_error(errno, std::generic_category(), "dup of a socket");
+        names.push_back(name);
+    }
+    if (!sockets.empty()) memfd = UniqueFd(fcntl(memfd.get(), F_DUPFD_CLOEXEC, above));
+    SpawnSpec spec{config_.command, environment(names), in.read.get(), out.write.get(),
+                   err.write.get(), memfd.get(),        false,         SIGTERM};
+    for (const auto& fd : moved)
+        spec.listen_fds.push_back(fd.get());
+    for (std::size_t i = 0; i < spec.env.size() && !sockets.empty(); ++i)
+        if (spec.env[i].starts_with("LISTEN_PID=")) spec.listen_pid_env = static_cast<int>(i);
     auto child = loopabull::spawn(spec);
     log::Fields f{.looper = config_.name};
     log::Scope scope(f);
@@ -164,6 +225,7 @@ void Looper::spawn() {
     stderr_ = std::move(err.read);
     events_reader_ = LineReader(config_.max_line_length);
     log_reader_ = LineReader(16 * 1024);
+    last_words_.clear();
     outbox_.clear();
     outbox_warned_ = false;
 
@@ -279,8 +341,25 @@ void Looper::read_stderr() {
     // A looper's stderr quotes what outsiders sent it (file names, message fields): escaped, so
     // that a newline, CR or ESC sequence in them cannot forge or hide a log line.
     while (auto line = log_reader_.next())
-        spdlog::info("looper {}: {}{}", name(), escape_for_log(line->text),
-                     line->overlong ? " [...]" : "");
+        log_stderr_line(*line);
+}
+
+// What it wrote before it exited and we have not read yet: its reason is usually the last line.
+void Looper::drain_stderr() {
+    for (int i = 0; stderr_ && i < 64; ++i) {
+        auto area = log_reader_.prepare(kReadChunk);
+        ssize_t n = read(stderr_.get(), area.data(), area.size());
+        if (n <= 0) return;
+        log_reader_.commit(static_cast<std::size_t>(n));
+        while (auto line = log_reader_.next())
+            log_stderr_line(*line);
+    }
+}
+
+void Looper::log_stderr_line(const LineReader::Line& line) {
+    auto text = escape_for_log(line.text);
+    spdlog::info("looper {}: {}{}", name(), text, line.overlong ? " [...]" : "");
+    if (!text.empty()) last_words_ = text.substr(0, 512);
 }
 
 void Looper::answer(std::uint64_t generation, const std::string& line) {
@@ -339,10 +418,18 @@ void Looper::process_exited(const siginfo_t& si) {
     forget_child(pid_);
     child_source_.reset();
     bool expected = state_ == LooperState::stopping;
-    if (expected)
+    if (expected) {
         spdlog::info("looper {} (pid {}) {}", name(), pid_, exit_description(si));
-    else
-        spdlog::warn("looper {} (pid {}) {}", name(), pid_, exit_description(si));
+    } else {
+        // Its reason goes with the warning: its own stderr lines are logged at info, which a
+        // common "loglevel: warning" hides.
+        drain_stderr();
+        if (last_words_.empty())
+            spdlog::warn("looper {} (pid {}) {}", name(), pid_, exit_description(si));
+        else
+            spdlog::warn("looper {} (pid {}) {}; its last words: {}", name(), pid_,
+                         exit_description(si), last_words_);
+    }
     // What it wrote before it died is still taken (within the pipe's capacity); only a
     // descendant could still hold the pipe, and it is not waited for.
     if (stdout_) {
@@ -386,8 +473,9 @@ void Looper::schedule_restart() {
     if (config_.restart_limit && quick_failures_ >= config_.restart_limit) {
         state_ = LooperState::failed;
         spdlog::error("looper {} failed: it stopped {} times in a row within {} s of starting; "
-                      "not restarting it until the configuration is reloaded",
-                      name(), quick_failures_, config_.restart_delay_max.count() / 1000000.0);
+                      "not restarting it until the configuration is reloaded{}{}",
+                      name(), quick_failures_, config_.restart_delay_max.count() / 1000000.0,
+                      last_words_.empty() ? "" : "; its last words: ", last_words_);
         host_.looper_stopped(*this);
         return;
     }

@@ -4,8 +4,8 @@
 
 #include "core/config.hpp"
 #include "core/protocol.hpp"
-#include "supervisor/sd-ptr.hpp"
 #include "core/unique-fd.hpp"
+#include "supervisor/sd-ptr.hpp"
 
 #include <sys/types.h>
 
@@ -25,6 +25,11 @@ class LooperHost {
     virtual void looper_line(Looper& looper, const LineReader::Line& line) = 0;
     virtual void looper_stopped(Looper& looper) = 0;
 };
+
+// Takes the listening sockets systemd passed to loopabull (sd_listen_fds_with_names(3), from a
+// .socket unit's FileDescriptorName=), to hand each to the looper whose config names it in
+// "listen" as "fd:NAME" (man/loopabull-looper.7). Call once, at start.
+void adopt_listen_fds();
 
 enum class LooperState { starting, running, backoff, failed, stopping, stopped };
 std::string_view to_string(LooperState s) noexcept;
@@ -67,7 +72,7 @@ class Looper {
 
     void spawn();
     UniqueFd config_memfd() const;
-    std::vector<std::string> environment() const;
+    std::vector<std::string> environment(const std::vector<std::string>& socket_names) const;
     void read_stdout();
     void dispatch_lines();
     void warn_partial_line();
@@ -103,6 +108,10 @@ class Looper {
     SourcePtr stdin_source_, stdout_source_, stderr_source_, child_source_, timer_, defer_;
     LineReader events_reader_;
     LineReader log_reader_{16 * 1024};
+    // Its last line on stderr: the reason it gives, logged with an unexpected exit.
+    std::string last_words_;
+    void drain_stderr();
+    void log_stderr_line(const LineReader::Line& line); // escaped; remembered as last words
     std::string outbox_;
     bool outbox_warned_ = false;
     bool batching_ = false; // dispatching a read's lines: answers wait for its end

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/manager.hpp"
+#include "core/config-describe.hpp"
 
 #include "core/varsfile.hpp"
 #include "supervisor/bus-api.hpp"
 #include "supervisor/bus.hpp"
 #include "supervisor/log.hpp"
-
 #include "core/event-names.hpp"
+#include "core/job-vars.hpp"
+#include "supervisor/bus-api.hpp"
+#include "supervisor/warm.hpp"
 
 #include "build-config.h"
 
@@ -120,6 +123,13 @@ std::uint64_t now_realtime_usec() {
            static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
 }
 
+std::uint64_t now_monotonic_usec() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
 // GetJob answers for this many finished jobs.
 constexpr std::size_t kHistory = 1000;
 
@@ -153,6 +163,8 @@ std::string_view to_string(ManagerState s) noexcept {
         return "paused";
     case ManagerState::stopping:
         return "stopping";
+    case ManagerState::failed:
+        return "failed";
     }
     return "running";
 }
@@ -195,6 +207,11 @@ void Manager::setup_event_loop() {
     status_timer_.reset(s);
     sd_event_source_set_description(s, "status");
     sd_event_source_set_enabled(s, SD_EVENT_OFF);
+    check(sd_event_add_time(e, &s, CLOCK_MONOTONIC, UINT64_MAX, 0, on_no_looper_timeout, this),
+          "no-looper timer");
+    no_looper_timer_.reset(s);
+    sd_event_source_set_description(s, "exit-without-loopers");
+    sd_event_source_set_enabled(s, SD_EVENT_OFF);
     check(sd_event_add_defer(e, &s, on_reap, this), "reaper");
     reaper_.reset(s);
     sd_event_source_set_description(s, "looper-reaper");
@@ -202,6 +219,11 @@ void Manager::setup_event_loop() {
     // Fed by the loop itself: a hung loop stops the pings and systemd restarts us.
     check(sd_event_set_watchdog(e, true), "sd_event_set_watchdog");
     executor_ = std::make_unique<Executor>(e, *this);
+    warm_ = std::make_unique<WarmRunner>(
+        e, [this](JobId id, const siginfo_t& si, const std::string& failure) {
+            executor_->warm_exited(id, si, failure);
+        });
+    executor_->set_warm(warm_.get());
 }
 
 void Manager::setup_runtime_dir() {
@@ -346,11 +368,32 @@ void Manager::apply(Config config) {
     sandbox_ = std::move(sandbox);
     scheduler_.set_limits(config.executor.max_parallel, config.executor.queue_size);
     auto wanted = config.loopers;
+    configure_warm(config);
     config_ = std::move(config);
     apply_loopers(wanted);
     start_jobs();
     update_intake();
+    check_loopers_failed();
 }
+
+// Replaced on every apply (reload): the new configuration, sandbox or environment is the one its
+// jobs must see.
+void Manager::configure_warm(const Config& config) {
+    if (!config.executor.warm) return warm_->configure(std::nullopt, "executor.warm is false");
+    auto plan = plan_warm(config.ansible.playbook_cmd, warm_runner_path(), job_env_);
+    if (plan.command.empty()) return warm_->configure(std::nullopt, plan.reason);
+    WarmSettings settings;
+    settings.command = std::move(plan.command);
+    settings.env = job_env_;
+    settings.sandbox = &sandbox_;
+    settings.max_jobs = config.executor.warm_max_jobs;
+    settings.max_age = config.executor.warm_max_age;
+    warm_->configure(std::move(settings), {});
+}
+
+std::string Manager::warm_state() const { return warm_ ? warm_->state() : "off"; }
+
+std::uint64_t Manager::warm_rss_bytes() const { return warm_ ? warm_->rss_bytes() : 0; }
 
 // The scope executor's connection is made once, to one manager: at start, the scopes a killed
 // predecessor left are stopped before any job can take their names.
@@ -464,6 +507,7 @@ void Manager::apply_loopers(const std::vector<LooperConfig>& wanted) {
             std::make_unique<Looper>(event_.get(), *this, lc, options_.instance,
                                      config_.executor.max_parallel, config_.executor.timeout);
         auto& ref = *looper;
+        spdlog::info("looper {}: {}", lc.name, describe_looper_program(lc));
         loopers_.emplace(lc.name, std::move(looper));
         if (!intake_open_) ref.pause();
         ref.start();
@@ -546,6 +590,7 @@ void Manager::begin_stop() {
     spdlog::info("stopping: no new events; {} running job(s) may finish, {} queued are cancelled",
                  scheduler_.running(), scheduler_.queued());
     update_intake();
+    warm_->retire(); // it exits once its running jobs are reported
     for (auto id : scheduler_.take_queued())
         complete(id, {Result::cancelled, std::nullopt, {}, {}});
     if (scheduler_.running() == 0) return stop_loopers();
@@ -565,7 +610,7 @@ int Manager::on_stop_timeout(sd_event_source*, uint64_t, void* userdata) noexcep
 void Manager::stop_loopers() {
     sd_event_source_set_enabled(stop_timer_.get(), SD_EVENT_OFF);
     if (loopers_.empty() && retiring_.empty()) {
-        sd_event_exit(event_.get(), 0);
+        sd_event_exit(event_.get(), exit_status_);
         return;
     }
     // Copy: stop() may report back synchronously.
@@ -578,7 +623,56 @@ void Manager::stop_loopers() {
 
 void Manager::looper_stopped(Looper&) {
     sd_event_source_set_enabled(reaper_.get(), SD_EVENT_ONESHOT);
+    check_loopers_failed();
     status_changed();
+}
+
+bool Manager::all_loopers_failed() const {
+    if (loopers_.empty()) return false;
+    return std::all_of(loopers_.begin(), loopers_.end(),
+                       [](auto& l) { return l.second->state() == LooperState::failed; });
+}
+
+// With every looper failed nothing comes in, yet the process looks alive: the state, STATUS=
+// and an error say so, and after exit_without_loopers loopabull exits with status 1, so that a
+// Type=simple unit (the original's) and Restart= see the failure as well as Type=notify ones.
+void Manager::check_loopers_failed() {
+    if (stopping_) return;
+    bool failed = all_loopers_failed();
+    if (failed == loopers_failed_) return;
+    loopers_failed_ = failed;
+    if (!failed) {
+        sd_event_source_set_enabled(no_looper_timer_.get(), SD_EVENT_OFF);
+        spdlog::info("a looper runs again");
+        return;
+    }
+    auto& after = config_.exit_without_loopers;
+    if (after) {
+        spdlog::error("every looper has failed: no events come in; loopabull exits in {} s "
+                      "unless a reload starts them again (exit_without_loopers)",
+                      after->count() / 1000000.0);
+        sd_event_source_set_time_relative(no_looper_timer_.get(),
+                                          static_cast<uint64_t>(after->count()));
+        sd_event_source_set_enabled(no_looper_timer_.get(), SD_EVENT_ONESHOT);
+    } else {
+        spdlog::error("every looper has failed: no events come in until a reload starts them "
+                      "again");
+    }
+}
+
+int Manager::on_no_looper_timeout(sd_event_source*, uint64_t, void* userdata) noexcept {
+    auto self = static_cast<Manager*>(userdata);
+    if (!self->all_loopers_failed()) return 0;
+    spdlog::critical("every looper has been failed for exit_without_loopers: exiting with "
+                     "status 1");
+    self->exit_status_ = 1;
+    try {
+        self->begin_stop();
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return sd_event_exit(self->event_.get(), 1);
+    }
+    return 0;
 }
 
 // Stopped loopers are freed here, outside their own callbacks.
@@ -589,7 +683,7 @@ int Manager::on_reap(sd_event_source*, void* userdata) noexcept {
     for (auto& [name, l] : self->loopers_)
         if (l->state() != LooperState::stopped && l->state() != LooperState::failed) return 0;
     spdlog::info("stopped");
-    return sd_event_exit(self->event_.get(), 0);
+    return sd_event_exit(self->event_.get(), self->exit_status_);
 }
 
 void Manager::looper_line(Looper& looper, const LineReader::Line& line) {
@@ -639,61 +733,98 @@ void Manager::reject(Looper& looper, const std::optional<json>& id, const std::s
 void Manager::route(Looper& looper, Event ev) {
     log::Fields f{.looper = looper.name(), .routing_key = ev.routing_key};
     log::Scope scope(f);
-    if (!filter_.selects(ev.routing_key)) {
+    auto d = dispatch(config_, ev.routing_key, looper.name(), ev.body,
+                      [this](const std::string& rel) {
+                          return find_playbook_at(playbooks_dirfd_.get(),
+                                                  config_.ansible.playbooks_dir, rel);
+                      });
+    using V = Dispatch::Verdict;
+    switch (d.verdict) {
+    case V::run:
+        break;
+    case V::not_selected:
         ++counters_.events_unrouted;
         spdlog::debug("{}: not selected by routing_keys", ev.routing_key);
         ledger_event(looper, ev.id, ev.routing_key, Result::unrouted, "not selected by routing_keys");
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
-    }
-    auto pb = find_playbook(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, ev.routing_key,
-                            config_.ansible.layout);
-    if (pb.status == PlaybookLookup::Status::missing) {
+    case V::no_route:
+    case V::no_playbook:
         ++counters_.events_unrouted;
         // Anyone who can send events can send keys without a playbook: limited too.
         if (may_log(unrouted_log_, "unrouted events"))
-            spdlog::info("{}: no playbook {}; unrouted", ev.routing_key, pb.path);
-        ledger_event(looper, ev.id, ev.routing_key, Result::unrouted, "no playbook " + pb.path);
+            spdlog::info("{}: {}; unrouted", ev.routing_key, loggable(d.reason));
+        ledger_event(looper, ev.id, ev.routing_key, Result::unrouted, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
-    }
-    if (pb.status == PlaybookLookup::Status::error) {
+    case V::lookup_failed:
         // Our environment's fault (playbooks_dir unreadable, say), not the event's: retryable.
         ++counters_.jobs_failed;
-        spdlog::error("{}: cannot open playbook {}: {}", ev.routing_key, pb.path, pb.detail);
+        spdlog::error("{}: {}", ev.routing_key, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::failed, std::nullopt,
-                      "cannot open playbook " + pb.path + ": " + pb.detail);
-    }
-    if (pb.status != PlaybookLookup::Status::found) {
+                      d.reason);
+    case V::not_allowed:
+    case V::bad_body:
         ++counters_.events_rejected;
         if (may_log(rejected_log_, "rejected events"))
-            spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, pb.path, pb.detail);
-        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, "playbook " + pb.detail);
+            spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(d.reason));
+        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
-                      "playbook " + pb.detail);
+                      d.reason);
+    case V::bad_playbook:
+        ++counters_.events_rejected;
+        spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, d.playbook.path,
+                      d.playbook.detail);
+        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, d.reason);
+        return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
+                      "playbook " + d.playbook.detail);
     }
-    if (!config_.ansible.event_variable) {
-        // The top-level form: a key Ansible gives meaning to would steer the play.
-        for (auto& [key, value] : ev.body.items()) {
-            auto err = top_level_key_error(key);
-            if (!err) continue;
-            ++counters_.events_rejected;
-            if (may_log(rejected_log_, "rejected events"))
-                spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(*err));
-            return answer(looper.name(), looper.generation(), ev.id, Result::rejected,
-                          std::nullopt, *err + " (ansible.event_variable: top-level)");
-        }
+    const Route* r = d.choice.route;
+    if (d.throttle_key &&
+        !throttler_.admit(*d.throttle_key, now_monotonic_usec(),
+                          static_cast<std::uint64_t>(r->throttle->once_within.count()))) {
+        ++counters_.events_throttled;
+        spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", ev.routing_key, r->name,
+                     r->throttle->per.text(), display_value(d.throttle_value),
+                     r->throttle->once_within.count() / 1000000);
+        answer(looper.name(), looper.generation(), ev.id, Result::throttled, std::nullopt);
+        return status_changed();
     }
-    Job job{next_job_++,   std::move(ev.routing_key), std::move(ev.body), std::move(ev.id),
-            looper.name(), looper.generation(),       std::move(pb.path), {},
-            false};
+    Job job;
+    job.id = next_job_++;
+    job.routing_key = std::move(ev.routing_key);
+    job.body = std::move(ev.body);
+    job.event_id = std::move(ev.id);
+    job.looper = looper.name();
+    job.generation = looper.generation();
+    job.playbook = std::move(d.playbook.path);
+    if (r) {
+        job.route = r->name;
+        if (d.serial) job.serial_value = display_value(d.serial_value);
+    }
     spdlog::debug("job {} queued: {} -> {}", job.id, job.routing_key, job.playbook);
     job.queued_usec = now_realtime_usec();
     JobId id = job.id;
     auto& stored = jobs_.emplace(id, std::move(job)).first->second;
     if (observer_) observer_->job_new(info(stored));
-    scheduler_.enqueue(id);
+    if (d.serial) {
+        if (auto replaced = scheduler_.enqueue(id, std::move(*d.serial), r->coalesce))
+            complete(*replaced, {Result::superseded, std::nullopt, {}, {}}, id);
+    } else {
+        scheduler_.enqueue(id);
+    }
     start_jobs();
     update_intake();
     status_changed();
+}
+
+Explanation Manager::explain(const std::string& routing_key, const std::string& looper,
+                             const json& body) const {
+    LiveState live{&scheduler_, &throttler_, now_monotonic_usec(), options_.instance};
+    return loopabull::explain(
+        config_, routing_key, looper, body,
+        [this](const std::string& rel) {
+            return find_playbook_at(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, rel);
+        },
+        &live);
 }
 
 void Manager::answer(const std::string& looper, std::uint64_t generation,
@@ -716,18 +847,12 @@ void Manager::start_jobs() {
 }
 
 std::optional<std::string> Manager::write_vars(Job& job) {
-    VarsOptions vo;
-    vo.trusted = config_.ansible.trusted_payloads;
-    vo.event_variable = config_.ansible.event_variable;
-    vo.own = {{"loopabull_routing_key", job.routing_key},
-              {"loopabull_job_id", std::to_string(job.id)},
-              {"loopabull_instance", options_.instance},
-              {"loopabull_looper", job.looper}};
-    if (job.event_id)
-        vo.own.emplace_back("loopabull_event_id", job.event_id->is_string()
-                                                      ? job.event_id->get<std::string>()
-                                                      : job.event_id->dump());
-    std::string text = render_vars(job.body, vo);
+    // The variables are built in one place (core/job-vars), which explain shows as well.
+    std::string text = job_vars_text(job.body,
+                                     {job.routing_key, std::to_string(job.id), options_.instance,
+                                      job.looper, job.event_id, job.route},
+                                     config_.ansible.trusted_payloads,
+                                     config_.ansible.event_variable);
     std::string path = vars_dir_ + "/job-" + std::to_string(job.id) + ".yml";
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd) return "cannot create vars file " + path + ": " + std::strerror(errno);
@@ -777,7 +902,7 @@ std::optional<std::string> Manager::launch(Job& job) {
     return std::nullopt;
 }
 
-void Manager::complete(JobId id, const Outcome& given) {
+void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> superseded_by) {
     auto node = jobs_.extract(id);
     if (node.empty()) return;
     Job& job = node.mapped();
@@ -794,10 +919,15 @@ void Manager::complete(JobId id, const Outcome& given) {
     log::Scope scope(f);
     if (outcome.result == Result::succeeded)
         ++counters_.jobs_succeeded;
+    else if (outcome.result == Result::superseded)
+        ++counters_.events_superseded;
     else
         ++counters_.jobs_failed;
-    if (outcome.result == Result::succeeded || outcome.result == Result::cancelled ||
-        outcome.result == Result::aborted)
+    if (superseded_by)
+        spdlog::info("job {} ({}) superseded by job {} (route '{}', value {})", id,
+                     job.routing_key, *superseded_by, job.route, job.serial_value);
+    else if (outcome.result == Result::succeeded || outcome.result == Result::cancelled ||
+             outcome.result == Result::aborted)
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
@@ -805,7 +935,7 @@ void Manager::complete(JobId id, const Outcome& given) {
     // result already says it, and the protocol carries an error only for other results.
     answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
            outcome.result == Result::timeout ? std::string() : outcome.error);
-    if (job.admitted) scheduler_.finished();
+    if (job.admitted) scheduler_.finished(id);
     auto done = info(job);
     done.state = "finished";
     done.finished_usec = now_realtime_usec();
@@ -813,12 +943,14 @@ void Manager::complete(JobId id, const Outcome& given) {
     done.exit_code = outcome.exit_code;
     done.unit = outcome.unit;
     done.error = error_text(outcome);
+    done.superseded_by = superseded_by;
     remember(done);
     if (ledger_)
         ledger_->record({.job_id = id,
                          .event_id = job.event_id ? job.event_id->dump() : std::string(),
                          .looper = job.looper,
                          .routing_key = job.routing_key,
+                         .route = job.route,
                          .playbook = job.playbook,
                          .playbook_sha256 = job.playbook_sha256,
                          .user = ledger_->user(),
@@ -842,6 +974,8 @@ JobInfo Manager::info(const Job& job) const {
     i.looper = job.looper;
     i.queued_usec = job.queued_usec;
     i.started_usec = job.started_usec;
+    i.route = job.route;
+    i.serial_value = job.serial_value;
     return i;
 }
 
@@ -871,6 +1005,7 @@ void Manager::ledger_event(const Looper& looper, const std::optional<json>& id,
 ManagerState Manager::state() const noexcept {
     if (stopping_) return ManagerState::stopping;
     if (!started_) return ManagerState::starting;
+    if (loopers_failed_) return ManagerState::failed;
     return paused_ ? ManagerState::paused : ManagerState::running;
 }
 
@@ -964,6 +1099,9 @@ void Manager::send_status() {
                     to_string(state()), scheduler_.running(), scheduler_.queued(),
                     counters_.jobs_succeeded, counters_.jobs_failed, counters_.events_rejected,
                     scope_error_.empty() ? "" : "; ", scope_error_);
+    if (state() == ManagerState::failed)
+        status = "STATUS=failed: every looper has failed, no events come in (" +
+                 status.substr(std::string_view("STATUS=failed: ").size()) + ")";
     sd_notify(0, status.c_str());
 }
 

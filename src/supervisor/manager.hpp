@@ -2,6 +2,7 @@
 // The supervisor: owns the event loop, the loopers, the queue and the executor.
 #pragma once
 
+#include "core/dispatch.hpp"
 #include "core/config.hpp"
 #include "core/routing.hpp"
 #include "core/scheduler.hpp"
@@ -27,6 +28,8 @@
 
 namespace loopabull {
 
+class WarmRunner;
+
 struct ManagerOptions {
     std::string config_path;
     std::string instance = "default";
@@ -35,7 +38,9 @@ struct ManagerOptions {
     BusKind bus = BusKind::none; // where the D-Bus API is offered
 };
 
-enum class ManagerState { starting, running, paused, stopping };
+// failed: every configured looper has failed (no events can come in) until a reload starts
+// them again; loopabull exits after exit_without_loopers in that state (since 0.2).
+enum class ManagerState { starting, running, paused, stopping, failed };
 std::string_view to_string(ManagerState s) noexcept;
 
 // A job as status and control see it: queued, running, or recently finished.
@@ -53,6 +58,9 @@ struct JobInfo {
     // Why a finished job did not succeed, as the log says it: "exit code 2", "timed out after
     // 30min", "cannot create scope ...: ..."; empty otherwise.
     std::string error;
+    std::string route;                 // the route that took it; empty without routes
+    std::string serial_value;          // its serialization value; empty when not serialized
+    std::optional<JobId> superseded_by; // a superseded job: the newer job that replaced it
 };
 
 struct LooperInfo {
@@ -87,6 +95,9 @@ struct Job {
     std::uint64_t queued_usec = 0;
     std::uint64_t started_usec = 0;
     std::string playbook_sha256{}; // when the ledger is on, as read at launch
+    std::string route;        // the route that took it; empty without routes
+    std::string serial_value; // shown on D-Bus; empty when the route does not serialize
+    std::optional<JobId> superseded_by;
 };
 
 struct Counters {
@@ -95,6 +106,8 @@ struct Counters {
     std::uint64_t events_unrouted = 0;
     std::uint64_t jobs_succeeded = 0;
     std::uint64_t jobs_failed = 0; // failed, timeout, cancelled and aborted
+    std::uint64_t events_superseded = 0; // replaced by a newer event (coalesce)
+    std::uint64_t events_throttled = 0;  // not run: their value ran within the window
 };
 
 class Manager final : public LooperHost, public ExecutorHost {
@@ -115,6 +128,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     const std::string& instance() const noexcept { return options_.instance; }
     ManagerState state() const noexcept;
     const Counters& counters() const noexcept { return counters_; }
+    const Config& config() const noexcept { return config_; }
     std::size_t jobs_queued() const noexcept { return scheduler_.queued(); }
     std::size_t jobs_running() const noexcept { return scheduler_.running(); }
     std::vector<LooperInfo> loopers() const;
@@ -129,9 +143,16 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool may_log_refused_call() { return may_log(refused_log_, "refused D-Bus calls"); }
     void pause(); // no new events are taken; running jobs go on
     void resume();
+    // What would happen to this event now (routes, playbook, live serialization and throttle
+    // state), without queueing anything. looper: empty for any looper.
+    Explanation explain(const std::string& routing_key, const std::string& looper,
+                        const json& body) const;
     // The problems that kept the new configuration from being applied; empty on success.
     std::vector<std::string> reload();
     void set_observer(ManagerObserver* o) noexcept { observer_ = o; }
+    // The warm runner's state ("ready", "starting", "off: why", "down: why") and resident set.
+    std::string warm_state() const;
+    std::uint64_t warm_rss_bytes() const;
     sd_event* event() const noexcept { return event_.get(); }
     Ledger* ledger() const noexcept { return ledger_.get(); } // null when history is off
 
@@ -140,16 +161,20 @@ class Manager final : public LooperHost, public ExecutorHost {
     static int on_stop_timeout(sd_event_source*, uint64_t, void*) noexcept;
     static int on_status_timer(sd_event_source*, uint64_t, void*) noexcept;
     static int on_reap(sd_event_source*, void*) noexcept;
+    static int on_no_looper_timeout(sd_event_source*, uint64_t, void*) noexcept;
 
     void setup_event_loop();
     void setup_runtime_dir();
     void apply(Config config);
+    void configure_warm(const Config& config);
     std::vector<std::string> load_and_apply();
     void apply_loopers(const std::vector<LooperConfig>& wanted);
     std::optional<ScopeMode> scope_mode(const ExecutorConfig& e);
     std::optional<CgroupMode> cgroup_mode(const ExecutorConfig& e);
     void setup_containment();
     void begin_stop();
+    bool all_loopers_failed() const;
+    void check_loopers_failed();
     void stop_loopers();
 
     void reject(Looper& looper, const std::optional<json>& id, const std::string& reason);
@@ -160,7 +185,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::optional<std::string> launch(Job& job);
     std::optional<std::string> write_vars(Job& job);
     JobSpec job_spec(const Job& job) const;
-    void complete(JobId id, const Outcome& outcome);
+    void complete(JobId id, const Outcome& outcome, std::optional<JobId> superseded_by = {});
     void update_intake();
     void status_changed();
     void send_status();
@@ -179,11 +204,13 @@ class Manager final : public LooperHost, public ExecutorHost {
     ManagerOptions options_;
     Config config_;
     EventPtr event_;
-    SourcePtr sigterm_, sigint_, sighup_, stop_timer_, status_timer_, reaper_;
+    SourcePtr sigterm_, sigint_, sighup_, stop_timer_, status_timer_, reaper_, no_looper_timer_;
     RoutingFilter filter_{{}};
     UniqueFd playbooks_dirfd_;
     Scheduler scheduler_{1, 1};
+    Throttler throttler_; // routes' throttle windows; kept across reloads
     std::unique_ptr<Executor> executor_;
+    std::unique_ptr<WarmRunner> warm_; // after executor_: destroyed first
     BusPtr scope_bus_; // to the manager that makes our scopes
     std::unique_ptr<ScopeManager> scopes_;
     std::optional<bool> scope_user_manager_; // which manager scopes_ talks to
@@ -217,6 +244,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool intake_open_ = true;
     bool status_dirty_ = false;
     bool notify_ = false;
+    bool loopers_failed_ = false; // all_loopers_failed() when last checked
+    int exit_status_ = 0;         // 1 after exit_without_loopers ran out
 };
 
 } // namespace loopabull

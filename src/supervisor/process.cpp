@@ -82,6 +82,20 @@ void connect_journal(const std::string& header) {
     close(fd);
 }
 
+// Decimal digits of pid into out (room for 20 and a NUL), without allocating: runs in the child.
+void write_pid(char* out, pid_t pid) {
+    char digits[20];
+    int n = 0;
+    auto v = static_cast<unsigned long>(pid);
+    do {
+        digits[n++] = static_cast<char>('0' + v % 10);
+        v /= 10;
+    } while (v && n < 20);
+    while (n)
+        *out++ = digits[--n];
+    *out = '\0';
+}
+
 bool wait_for_release(int fd) {
     char byte = 0;
     ssize_t n;
@@ -156,9 +170,15 @@ struct ChildArgs {
     Stage stage = kSetup;
     for (int i = 0; i < 3; ++i)
         if (!place(fds[i] >= 0 ? fds[i] : devnull, i)) goto fail;
-    if (spec.fd3 >= 0 && !place(spec.fd3, 3)) goto fail;
-    // Close-on-exec covers our own descriptors; this also drops any the supervisor inherited.
-    close_range(spec.fd3 >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC);
+    {
+        int next = 3;
+        for (int fd : spec.listen_fds)
+            if (!place(fd, next++)) goto fail;
+        if (spec.fd3 >= 0 && !place(spec.fd3, next++)) goto fail;
+        // Close-on-exec covers our own descriptors; this also drops any the supervisor inherited.
+        close_range(static_cast<unsigned>(next), ~0U, CLOSE_RANGE_CLOEXEC);
+    }
+    if (spec.listen_pid_env >= 0) write_pid(envp[spec.listen_pid_env] + 11, getpid());
     if (spec.wait_fd >= 0 && !wait_for_release(spec.wait_fd)) _exit(125);
     if (spec.journal_header) connect_journal(*spec.journal_header);
     stage = spec.sandbox ? apply_sandbox(*spec.sandbox) : kExec;

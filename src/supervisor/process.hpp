@@ -19,9 +19,9 @@ struct SpawnSpec {
     int stdin_fd = -1;            // -1: /dev/null
     int stdout_fd = -1;
     int stderr_fd = -1;
-    int fd3 = -1;                     // handed to the child as descriptor 3 when set
-    bool new_session = false;         // setsid (playbooks) rather than a process group of its own
-    int death_signal = 0;             // sent to the child when the supervisor dies
+    int fd3 = -1;             // handed to the child as descriptor 3 (after listen_fds) when set
+    bool new_session = false; // setsid (playbooks) rather than a process group of its own
+    int death_signal = 0;     // sent to the child when the supervisor dies
     const Sandbox* sandbox = nullptr; // applied last, just before execve
     // The child waits for one byte on this descriptor before anything else (the scope
     // executor releases it once it is in its scope); EOF without a byte makes it exit.
@@ -38,6 +38,12 @@ struct SpawnSpec {
     // its descendants leave orphaned stays below it instead of leaving for init, so that the
     // whole tree can be found from it (the direct executor's containment).
     bool subreaper = false;
+    // Listening sockets handed on as sd_listen_fds(3) expects them: at descriptors 3, 4, ...,
+    // with fd3 right after them. No source may lie in [3, 3 + size()] (dup them above first).
+    std::vector<int> listen_fds{};
+    // Index in env of "LISTEN_PID=" followed by room for 20 digits: the child writes its own pid
+    // there (LISTEN_PID must name the process that reads it, unknown before the clone).
+    int listen_pid_env = -1;
 };
 
 struct Spawned {

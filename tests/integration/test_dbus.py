@@ -530,6 +530,7 @@ def test_loopabullctl_status_jobs_and_job(bus, instance):
     assert "   Events: 2 received, 0 rejected\n" in r.stdout
     assert "     Jobs: 1 running, 0 queued, 1 succeeded, 0 failed\n" in r.stdout
     assert re.search(r"  Loopers: test: running \(pid \d+, 2 events, 0 restarts\)\n", r.stdout)
+    assert re.search(r"^     Warm: (off: .+|starting|ready.*)\n", r.stdout, re.M)  # the warm runner
     assert re.search(r"^ID +ROUTING KEY +LOOPER +STARTED +RUNNING FOR +UNIT\n2 +dbus\.slow +test ", r.stdout, re.M)
     # "status" is the default command.
     assert bus.ctl("-i", "dbus-test", check=True).stdout.splitlines()[:3] == r.stdout.splitlines()[:3]
@@ -552,6 +553,8 @@ def test_loopabullctl_status_jobs_and_job(bus, instance):
         "instance": "dbus-test", "bus_name": inst.name, "version": version(), "state": "running",
         "events_received": 2, "events_rejected": 0, "jobs_queued": 0, "jobs_running": 1,
         "jobs_succeeded": 1, "jobs_failed": 0}
+    assert re.match(r"off: |starting|ready", status["warm_runner"])
+    assert isinstance(status["warm_runner_memory"], int)
     [looper] = status["loopers"]
     assert looper["name"] == "test" and looper["state"] == "running" and looper["pid"] > 0
     [job] = status["jobs"]

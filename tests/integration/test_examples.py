@@ -14,7 +14,7 @@ EXAMPLES = ROOT / "examples"
 
 
 @pytest.mark.parametrize("name", ["quickstart", "stdin-python", "stdin-shell", "legacy-readme",
-                                  "legacy-0.0.7", "scope", "amqp"])
+                                  "legacy-0.0.7", "scope", "amqp", "webhook", "journal"])
 def test_example_config_validates(name):
     r = subprocess.run([str(BIN), "--check-config", str(EXAMPLES / "configs" / f"{name}.yml")],
                        capture_output=True, text=True,

@@ -129,5 +129,5 @@ def test_unknown_bundled_looper_is_a_clear_error(workdir):
     r = subprocess.run([str(BIN), "--check-config", str(cfg)], capture_output=True, text=True,
                        env={**os.environ, "LOOPABULL_LOOPER_DIR": str(LOOPER_DIR)})
     assert r.returncode == 1
-    assert (f"{cfg}:4:14: unknown looper 'nosuchlooper' (bundled loopers: amqp, fedmsg, "
-            "fedmsgrabbitmq, spool)") in r.stderr
+    assert (f"{cfg}:4:14: unknown looper 'nosuchlooper': not a bundled looper (bundled loopers: "
+            "amqp, fedmsg, fedmsgrabbitmq, journal, spool, webhook) and not found in PATH (") in r.stderr

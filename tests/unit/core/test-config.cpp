@@ -125,11 +125,14 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
     ASSERT_EQ(c.loopers.size(), 1u);
     EXPECT_EQ(c.loopers[0], (LooperConfig{.name = "spool",
                                           .command = {kLooperDir + "/spool", "/var/spool/x"},
+                                          .command_as_written = "spool",
+                                          .origin = LooperOrigin::bundled,
                                           .config = json::object(),
                                           .restart_delay = 1s,
                                           .restart_delay_max = 1min,
                                           .restart_limit = 5,
-                                          .max_line_length = 1 << 20}));
+                                          .max_line_length = 1 << 20,
+                                          .routing_keys = std::nullopt}));
 
     const auto& a = c.ansible;
     EXPECT_EQ(a.playbooks_dir, "/srv/playbooks");
@@ -191,13 +194,16 @@ executor:
     EXPECT_EQ(c.loopers[0],
               (LooperConfig{.name = "spool",
                             .command = {kLooperDir + "/spool", "/var/spool/loopabull/releng"},
+                            .command_as_written = "spool",
+                            .origin = LooperOrigin::bundled,
                             .config = json::parse(R"({"url": "amqps://example.org/%2F",
                                 "prefetch": 8, "durable": true,
                                 "bindings": [{"exchange": "amq.topic"}]})"),
                             .restart_delay = 250ms,
                             .restart_delay_max = 2h,
                             .restart_limit = 0,
-                            .max_line_length = 64 << 10}));
+                            .max_line_length = 64 << 10,
+                            .routing_keys = std::nullopt}));
     EXPECT_EQ(c.loopers[1].name, "second_one");
     // One string is the whole argv[0], not split on spaces.
     EXPECT_EQ(c.loopers[1].command, std::vector<std::string>{"/opt/loopers/mine --verbose"});
@@ -231,6 +237,19 @@ TEST(Config, ScopeExecutorAndSandboxKeys) {
     EXPECT_FALSE(e.seccomp_policy.has_value());
     EXPECT_TRUE(e.allow_root);
     EXPECT_EQ(e.limit_nofile, 2048u);
+}
+
+TEST(Config, WarmRunnerKeys) {
+    auto d = parsed(config_with()).executor;
+    EXPECT_TRUE(d.warm); // on by default; used only for ansible's own ansible-playbook
+    EXPECT_EQ(d.warm_max_jobs, 1000u);
+    EXPECT_EQ(d.warm_max_age, std::chrono::hours(1));
+    auto e = parsed(with_top("executor:\n  warm: false\n  warm_max_jobs: 0\n"
+                             "  warm_max_age: 30min\n"))
+                 .executor;
+    EXPECT_FALSE(e.warm);
+    EXPECT_EQ(e.warm_max_jobs, 0u);
+    EXPECT_EQ(e.warm_max_age, std::chrono::minutes(30));
 }
 
 TEST(Config, ScopeAndSandboxDefaults) {
@@ -391,6 +410,42 @@ TEST(Config, Legacy007WithoutTranslatorUsesNames) {
                     "plugins: {looper: {name: spool}}\n");
     EXPECT_EQ(c.ansible.layout, Layout::name);
     EXPECT_EQ(c.loopers[0].config, json::object());
+}
+
+// A legacy file takes the current dialect's executor section and ansible keys beside its own,
+// so an operator can add one setting without converting it (issue 16).
+TEST(Config, LegacyDialectsTakeExecutorAndCurrentAnsibleKeys) {
+    for (std::string head : {"plugin: spool\n", "plugins: {looper: {name: spool}}\n"}) {
+        auto c = parsed(head + "routing_keys: [all]\n"
+                               "ansible:\n  playbooks_dir: /p\n  playbook_cmd: [/bin/ap, -v]\n"
+                               "  layout: directory\n  inventory: /i\n  trusted_payloads: true\n"
+                               "  environment: {A: b}\n  modules_dir: /m\n"
+                               "executor: {max_parallel: 2, timeout: 5min, allow_root: true}\n");
+        EXPECT_EQ(c.dialect, head.starts_with("plugin:") ? "legacy-readme" : "legacy-0.0.7");
+        EXPECT_EQ(c.executor.max_parallel, 2u);
+        EXPECT_EQ(c.executor.timeout, 5min);
+        EXPECT_TRUE(c.executor.allow_root);
+        EXPECT_EQ(c.ansible.playbook_cmd, (std::vector<std::string>{"/bin/ap", "-v"}));
+        EXPECT_EQ(c.ansible.layout, Layout::directory);
+        EXPECT_EQ(c.ansible.inventory, "/i");
+        EXPECT_TRUE(c.ansible.trusted_payloads);
+        EXPECT_EQ(c.ansible.environment,
+                  (std::vector<std::pair<std::string, std::string>>{{"A", "b"},
+                                                                    {"ANSIBLE_LIBRARY", "/m"}}));
+    }
+}
+
+TEST(Config, ExitWithoutLoopers) {
+    EXPECT_EQ(parsed(config_with()).exit_without_loopers, 5min);
+    EXPECT_EQ(parsed(with_top("exit_without_loopers: 30s\n")).exit_without_loopers, 30s);
+    EXPECT_EQ(parsed(with_top("exit_without_loopers: off\n")).exit_without_loopers, std::nullopt);
+}
+
+TEST(Config, LooperOrigin) {
+    auto c = parsed(with_top(""));
+    ASSERT_FALSE(c.loopers.empty());
+    EXPECT_EQ(c.loopers[0].origin, LooperOrigin::bundled);
+    EXPECT_EQ(c.loopers[0].command_as_written, "spool");
 }
 
 TEST(Config, LegacyReadmeWithoutPlugin) {
@@ -568,7 +623,8 @@ INSTANTIATE_TEST_SUITE_P(
         executor_case("OnScopeFailure", "  on_scope_failure: retry\n",
                       "'on_scope_failure' must be fail or direct, not 'retry'"),
         executor_case("AllowRoot", "  allow_root: yes\n",
-                      "'allow_root' must be true or false, not 'yes'")),
+                      "'allow_root' must be true or false, not 'yes'"),
+        executor_case("Warm", "  warm: on\n", "'warm' must be true or false, not 'on'")),
     label_of);
 
 INSTANTIATE_TEST_SUITE_P(
@@ -656,11 +712,13 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"MixedLoopersAndPlugins", with_top("plugins: {looper: {name: spool}}\n"),
                   "this file mixes the legacy 'plugin'/'plugins' keys with 'loopers': use one "
                   "dialect"},
-        ErrorCase{"MixedExecutorAndPlugin",
-                  "plugin: spool\nrouting_keys: [all]\nexecutor: {max_parallel: 2}\n"
+        ErrorCase{"MixedRuntimeDirAndPlugin",
+                  "plugin: spool\nrouting_keys: [all]\nruntime_dir: /r\n"
                   "ansible: {playbooks_dir: /p}\n",
                   "this file mixes the legacy 'plugin'/'plugins' keys with 'loopers': use one "
-                  "dialect"}),
+                  "dialect"},
+        top_case("ExitWithoutLoopersZero", "exit_without_loopers: 0s\n",
+                 "'exit_without_loopers' must be more than 0, or off")),
     label_of);
 
 INSTANTIATE_TEST_SUITE_P(
@@ -677,10 +735,21 @@ INSTANTIATE_TEST_SUITE_P(
                   "missing 'routing_keys'"},
         ErrorCase{"ReadmeNoAnsible", "plugin: spool\nrouting_keys: [all]\n",
                   "missing the 'ansible' section"},
-        ErrorCase{
-            "ReadmeNewAnsibleKey",
-            "plugin: spool\nrouting_keys: [all]\nansible: {playbooks_dir: /p, layout: name}\n",
-            "unknown key 'layout' in 'ansible'"},
+        ErrorCase{"ReadmeTwoInventories",
+                  "plugin: spool\nrouting_keys: [all]\n"
+                  "ansible: {playbooks_dir: /p, inventory: /a, inventory_path: /b}\n",
+                  "'inventory' and 'inventory_path' say the same: keep one"},
+        ErrorCase{"ReadmeLayoutAndTranslator",
+                  "plugin: spool\npath_translator: rkname\nrouting_keys: [all]\n"
+                  "ansible: {playbooks_dir: /p, layout: name}\n",
+                  "'layout' and 'path_translator' say the same: keep one"},
+        ErrorCase{"PluginsLayoutAndTranslator",
+                  "plugins: {looper: {name: spool}, translator: {name: rkname}}\n"
+                  "routing_keys: [all]\nansible: {playbooks_dir: /p, layout: name}\n",
+                  "'layout' and 'plugins.translator' say the same: keep one"},
+        ErrorCase{"ReadmeUnknownAnsibleKey",
+                  "plugin: spool\nrouting_keys: [all]\nansible: {playbooks_dir: /p, layot: name}\n",
+                  "unknown key 'layot' in 'ansible'; did you mean 'layout'?"},
         ErrorCase{"PluginsWithoutLooper", "plugins: {translator: {name: rkname}}\n" + kLegacyTail,
                   "'plugins' has no 'looper'"},
         ErrorCase{"PluginsLooperWithoutName", "plugins: {looper: {directory: /x}}\n" + kLegacyTail,
@@ -805,27 +874,46 @@ TEST_F(ConfigFiles, OwnLooperByPath) {
     EXPECT_EQ(c.loopers[0].command, std::vector<std::string>{tmp_ / "loopers/ticker"});
 }
 
-TEST_F(ConfigFiles, UnknownBundledLooperListsTheInstalledOnes) {
-    expect_error(config("[amqp]"), "unknown looper 'amqp' (bundled loopers: spool, ticker); give "
-                                   "your own looper as a path containing '/'");
+// PATH as the reader sees it (the error names it).
+std::string search_path() {
+    const char* p = std::getenv("PATH");
+    return p ? p : "/usr/local/bin:/usr/bin:/bin";
+}
+
+TEST_F(ConfigFiles, UnknownBundledLooperListsTheInstalledOnesAndPath) {
+    expect_error(config("[amqp]"), "unknown looper 'amqp': not a bundled looper (bundled "
+                                   "loopers: spool, ticker) and not found in PATH (" +
+                                       search_path() + ")");
 }
 
 TEST_F(ConfigFiles, UnknownBundledLooperWhenNoneAreInstalled) {
     error(config("[amqp]"),
-          "unknown looper 'amqp' (bundled loopers: none are installed in " + (tmp_ / "empty") +
-              "); give your own looper as a path containing '/'",
+          "unknown looper 'amqp': not a bundled looper (bundled loopers: none are installed in " +
+              (tmp_ / "empty") + ") and not found in PATH (" + search_path() + ")",
           options("empty"));
 }
 
 TEST_F(ConfigFiles, UnknownLegacyLooperListsTheInstalledOnes) {
     expect_error("plugin: fedmsg\nrouting_keys: [all]\nansible: {playbooks_dir: playbooks, "
                  "playbook_cmd: bin/ansible-playbook}\n",
-                 "unknown looper 'fedmsg' (bundled loopers: spool, ticker); give your own looper "
-                 "as a path containing '/'");
-    expect_error("plugins: {looper: {name: amqp, url: x}}\nrouting_keys: [all]\nansible: "
-                 "{playbooks_dir: playbooks, playbook_cmd: bin/ansible-playbook}\n",
-                 "unknown looper 'amqp' (bundled loopers: spool, ticker); give your own looper "
-                 "as a path containing '/'");
+                 "unknown looper 'fedmsg': not a bundled looper (bundled loopers: spool, ticker) "
+                 "and not found in PATH (" + search_path() + ")");
+}
+
+// A bare name that is no bundled looper is looked up in PATH, as systemd's ExecStart= does;
+// a bundled looper of that name wins.
+TEST_F(ConfigFiles, BareNameFromPathAfterTheBundledOnes) {
+    std::string saved = search_path();
+    tmp_.executable("bin/spool");
+    setenv("PATH", (tmp_ / "bin").c_str(), 1);
+    auto c = load(config("[ansible-playbook, x]"));
+    auto bundled = load(config("[spool]"));
+    setenv("PATH", saved.c_str(), 1);
+    EXPECT_EQ(c.loopers[0].command, (std::vector<std::string>{tmp_ / "bin/ansible-playbook", "x"}));
+    EXPECT_EQ(c.loopers[0].origin, LooperOrigin::path_lookup);
+    EXPECT_EQ(c.loopers[0].command_as_written, "ansible-playbook");
+    EXPECT_EQ(bundled.loopers[0].command, std::vector<std::string>{tmp_ / "loopers/spool"});
+    EXPECT_EQ(bundled.loopers[0].origin, LooperOrigin::bundled);
 }
 
 TEST_F(ConfigFiles, LooperPathNotExecutable) {
