@@ -414,7 +414,8 @@ void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
 
 const std::vector<std::string_view> kTopKeys = {
     "loglevel", "routing_keys", "runtime_dir", "loopers",
-    "ansible",  "executor",     "routes",      "exit_without_loopers"};
+    "ansible",  "executor",     "routes",      "exit_without_loopers",
+    "history"};
 
 // "off", or a duration above 0.
 void read_exit_without_loopers(Reader& r, const YAML::Node& node, Config& c) {
@@ -455,6 +456,7 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
         if (r.options().check_files) check_route_playbooks(v, c.ansible.playbooks_dir, sink);
     }
     if (auto v = root["exit_without_loopers"]) read_exit_without_loopers(r, v, c);
+    if (auto v = root["history"]) read_history(r, v, c);
 }
 
 } // namespace loopabull::config_detail

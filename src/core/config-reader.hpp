@@ -111,4 +111,7 @@ std::vector<std::string> split_words(const std::string& s);
 void read_legacy_readme(Reader& r, const YAML::Node& root, Config& c);
 void read_legacy_007(Reader& r, const YAML::Node& root, Config& c);
 
+// The "history" section (config-history.cpp).
+void read_history(Reader& r, const YAML::Node& node, Config& c);
+
 } // namespace loopabull::config_detail

@@ -89,6 +89,19 @@ struct ExecutorConfig {
     usec warm_max_age = std::chrono::hours(1);
 };
 
+// The durable job ledger (issue 17; loopabull.yml(5) "history").
+struct HistoryConfig {
+    bool enabled = true;
+    std::optional<std::string> path; // nullopt: $STATE_DIRECTORY/history.sqlite, else off
+    usec flush_interval = std::chrono::seconds(1);
+    std::size_t batch_size = 1000; // a batch this big is written at once, not at the timer
+    usec max_age = std::chrono::hours(24 * 90);
+    std::uint64_t max_jobs = 1000000;
+    bool record_unrouted = false;
+
+    bool operator==(const HistoryConfig&) const = default;
+};
+
 struct Config {
     std::string path;
     std::string dialect; // "loopabull", "legacy-readme" or "legacy-0.0.7"
@@ -99,6 +112,7 @@ struct Config {
     std::vector<Route> routes; // empty: the routing key alone picks the playbook
     AnsibleConfig ansible;
     ExecutorConfig executor;
+    HistoryConfig history;
     // With every looper failed this long, loopabull exits with status 1; nullopt: never.
     std::optional<usec> exit_without_loopers = std::chrono::minutes(5);
 };

@@ -2,6 +2,7 @@
 // loopabullctl: status and control of a running loopabull instance, over its D-Bus API
 // (org.loopabull.Loopabull1(5)), in the manner of systemctl. See loopabullctl(1).
 #include "ctl/submit.hpp"
+#include "ctl/history.hpp"
 #include "ctl/ctl-routes.hpp"
 #include "shared/dbus-names.hpp"
 
@@ -53,7 +54,11 @@ Shows and controls a running loopabull instance through its D-Bus API.
 Commands:
   status            state, counters, loopers and running jobs (the default)
   jobs              queued and running jobs
-  job ID            one job, also one that finished recently: result, exit code
+  job ID            one job, also one from before the last restart (the history)
+  history [--key PATTERN] [--result R] [--since TIME] [--limit N]
+                    finished jobs and rejected events from the history, newest first;
+                    PATTERN is a shell glob on the routing key, TIME "6h", "@SECONDS"
+                    or a UTC "YYYY-MM-DD[THH:MM[:SS]]"; N at most 10000 (default 100)
   cancel ID         cancel a queued or running job
   pause             stop taking new events (running jobs go on)
   resume            take new events again
@@ -90,6 +95,9 @@ struct Options {
     std::string command = "status";
     std::string looper; // explain
     std::vector<std::string> args;
+    // history's filters
+    std::string key, result, since;
+    std::uint32_t limit = 100;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -114,12 +122,16 @@ std::uint64_t parse_job_id(const std::string& s) {
 }
 
 Options parse_args(int argc, char** argv) {
-    enum { kUser = 0x100, kSystem, kJson, kNoAsk, kLooper };
+    enum { kUser = 0x100, kSystem, kJson, kNoAsk, kKey, kResult, kSince, kLimit, kLooper };
     static const option longopts[] = {{"instance", required_argument, nullptr, 'i'},
                                       {"user", no_argument, nullptr, kUser},
                                       {"system", no_argument, nullptr, kSystem},
                                       {"json", no_argument, nullptr, kJson},
                                       {"no-ask-password", no_argument, nullptr, kNoAsk},
+                                      {"key", required_argument, nullptr, kKey},
+                                      {"result", required_argument, nullptr, kResult},
+                                      {"since", required_argument, nullptr, kSince},
+                                      {"limit", required_argument, nullptr, kLimit},
                                       {"looper", required_argument, nullptr, kLooper},
                                       {"help", no_argument, nullptr, 'h'},
                                       {"version", no_argument, nullptr, 'V'},
@@ -133,6 +145,19 @@ Options parse_args(int argc, char** argv) {
         case kSystem: o.user = false; break;
         case kJson: o.json = true; break;
         case kNoAsk: o.ask_password = false; break;
+        case kKey: o.key = optarg; break;
+        case kResult: o.result = optarg; break;
+        case kSince:
+            if (!loopabull::ctl::parse_since(optarg, 1)) usage_error(std::string("invalid --since '") + optarg + "'");
+            o.since = optarg;
+            break;
+        case kLimit: {
+            std::string_view v(optarg);
+            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), o.limit);
+            if (ec != std::errc() || end != v.data() + v.size() || o.limit == 0 || o.limit > 10000)
+                usage_error(std::string("invalid --limit '") + optarg + "': 1 to 10000");
+            break;
+        }
         case kLooper: o.looper = optarg; break;
         case 'h': std::fputs(kUsageText, stdout); std::exit(kOk);
         case 'V': std::printf("loopabullctl %s\n", LOOPABULL_VERSION); std::exit(kOk);
@@ -149,12 +174,14 @@ Options parse_args(int argc, char** argv) {
         return o;
     }
     static const std::map<std::string, std::size_t> arity = {
-        {"status", 0}, {"jobs", 0}, {"job", 1}, {"cancel", 1}, {"pause", 0}, {"resume", 0}, {"reload", 0}};
+        {"status", 0}, {"jobs", 0}, {"job", 1}, {"cancel", 1}, {"pause", 0}, {"resume", 0}, {"reload", 0}, {"history", 0}};
     auto it = arity.find(o.command);
     if (it == arity.end()) usage_error("unknown command '" + o.command + "'");
     if (o.args.size() != it->second)
         usage_error("'" + o.command + "' takes " +
                     (it->second ? "one argument, a job id" : std::string("no arguments")));
+    if (o.command != "history" && (!o.key.empty() || !o.result.empty() || !o.since.empty()))
+        usage_error("--key, --result and --since are options of 'history'");
     if (it->second) parse_job_id(o.args[0]); // before connecting: a usage error is a usage error
     return o;
 }
@@ -598,6 +625,19 @@ int cmd_job(Client& c, const Options& o) {
     return kOk;
 }
 
+int cmd_history(Client& c, const Options& o) {
+    std::uint64_t since = o.since.empty() ? 0 : loopabull::ctl::parse_since(o.since, now_usec()).value_or(0);
+    auto reply = c.call(kBusInterface, "ListHistory", [&](sd_bus_message* m) {
+        return sd_bus_message_append(m, "sstu", o.key.c_str(), o.result.c_str(), since, o.limit);
+    });
+    const char* text = nullptr;
+    check_read(sd_bus_message_read(reply.get(), "s", &text));
+    auto records = json::parse(text, nullptr, false);
+    if (!records.is_array()) throw Failure{kFailed, "unexpected reply from loopabull: not a JSON array"};
+    loopabull::ctl::print_history(records, o.json);
+    return kOk;
+}
+
 // ---- polkit agent -----------------------------------------------------------------------------
 
 // As systemctl does: on a terminal, a text agent that can ask for the password, registered
@@ -670,6 +710,7 @@ int main(int argc, char** argv) {
         if (o.command == "status") return cmd_status(c, o);
         if (o.command == "jobs") return cmd_jobs(c, o);
         if (o.command == "job") return cmd_job(c, o);
+        if (o.command == "history") return cmd_history(c, o);
         if (o.command == "explain")
             return loopabull::ctl::cmd_explain(o.args, o.looper, o.json, [&](const std::string& key, const std::string& body,
                                                                   const std::string& looper) {

@@ -15,6 +15,8 @@ inline constexpr const char* kBusInterface = "org.loopabull.Loopabull1.Manager";
 inline constexpr const char* kManageAction = "org.loopabull.loopabull1.manage";
 // Errors of the interface (besides the standard org.freedesktop.DBus.Error.*).
 inline constexpr const char* kErrorNoSuchJob = "org.loopabull.Loopabull1.NoSuchJob";
+// ListHistory on an instance without a ledger (issue 17).
+inline constexpr const char* kErrorHistoryOff = "org.loopabull.Loopabull1.HistoryOff";
 inline constexpr const char* kErrorStopping = "org.loopabull.Loopabull1.Stopping";
 // Reload() found problems in the file (listed in the message); the old configuration stays.
 inline constexpr const char* kErrorInvalidConfiguration = "org.loopabull.Loopabull1.InvalidConfiguration";

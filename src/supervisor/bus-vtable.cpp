@@ -7,6 +7,8 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <cinttypes>
@@ -48,6 +50,11 @@ const sd_bus_vtable BusApi::kVtable[] = {
                                          SD_BUS_PARAM(result) SD_BUS_PARAM(exit_code)
                                              SD_BUS_PARAM(error),
                              get_job, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("ListHistory", "sstu",
+                             SD_BUS_PARAM(key_pattern) SD_BUS_PARAM(result)
+                                 SD_BUS_PARAM(since_usec) SD_BUS_PARAM(limit),
+                             "s", SD_BUS_PARAM(records), list_history,
+                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("GetJobRouting", "t", SD_BUS_PARAM(id), "sst",
                              SD_BUS_PARAM(route) SD_BUS_PARAM(serialize_value)
                                  SD_BUS_PARAM(superseded_by),
@@ -140,6 +147,86 @@ int BusApi::no_such_job(JobId id, sd_bus_error* error) const {
                              static_cast<std::uint64_t>(id), manager_.instance().c_str());
 }
 
+namespace {
+
+// A job that finished before the last restart, or too long ago for the memory's 1,000.
+std::optional<JobInfo> from_ledger(Ledger* ledger, JobId id) {
+    if (!ledger) return std::nullopt;
+    auto rows = ledger->query({.limit = 1, .job_id = id});
+    if (rows.empty()) return std::nullopt;
+    auto& r = rows.front();
+    JobInfo j{.id = r.job_id,
+              .routing_key = r.routing_key,
+              .state = "finished",
+              .unit = r.unit,
+              .looper = r.looper,
+              .queued_usec = r.queued_usec,
+              .started_usec = r.started_usec,
+              .finished_usec = r.finished_usec,
+              .result = std::nullopt,
+              .exit_code = r.exit_code,
+              .error = r.error,
+              .route = r.route,
+              .serial_value = {},
+              .superseded_by = std::nullopt};
+    for (auto res : {Result::succeeded, Result::failed, Result::unrouted, Result::rejected,
+                     Result::timeout, Result::cancelled, Result::aborted, Result::superseded,
+                     Result::throttled})
+        if (to_string(res) == r.result) j.result = res;
+    return j;
+}
+
+nlohmann::json to_json(const LedgerRecord& r) {
+    auto or_null = [](bool none, nlohmann::json v) { return none ? nlohmann::json() : v; };
+    nlohmann::json event_id;
+    if (!r.event_id.empty()) event_id = nlohmann::json::parse(r.event_id, nullptr, false);
+    return {{"id", or_null(r.job_id == 0, r.job_id)},
+            {"event_id", event_id.is_discarded() ? nlohmann::json() : event_id},
+            {"looper", r.looper},
+            {"routing_key", r.routing_key},
+            {"route", or_null(r.route.empty(), r.route)},
+            {"playbook", or_null(r.playbook.empty(), r.playbook)},
+            {"playbook_sha256", or_null(r.playbook_sha256.empty(), r.playbook_sha256)},
+            {"user", r.user},
+            {"queued_usec", or_null(r.queued_usec == 0, r.queued_usec)},
+            {"started_usec", or_null(r.started_usec == 0, r.started_usec)},
+            {"finished_usec", r.finished_usec},
+            {"result", r.result},
+            {"exit_code", or_null(!r.exit_code, r.exit_code.value_or(0))},
+            {"unit", or_null(r.unit.empty(), r.unit)},
+            {"error", or_null(r.error.empty(), r.error)}};
+}
+
+} // namespace
+
+// The ledger's records as a JSON array (documented in org.loopabull.Loopabull1(5)): a JSON
+// string rather than a D-Bus struct, so that fields can be added (routes, bodies) without
+// breaking callers' signatures.
+int BusApi::list_history(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        const char* key = nullptr;
+        const char* result = nullptr;
+        std::uint64_t since = 0;
+        std::uint32_t limit = 0;
+        int r = sd_bus_message_read(m, "sstu", &key, &result, &since, &limit);
+        if (r < 0) return r;
+        auto* ledger = self->manager_.ledger();
+        if (!ledger)
+            return sd_bus_error_setf(error, kErrorHistoryOff,
+                                     "Instance %s keeps no history (history.enabled is false, or "
+                                     "neither history.path nor $STATE_DIRECTORY is set)",
+                                     self->manager_.instance().c_str());
+        auto rows = ledger->query(
+            {.key_pattern = key, .result = result, .since_usec = since, .limit = limit});
+        auto out = nlohmann::json::array();
+        for (auto& row : rows)
+            out.push_back(to_json(row));
+        return sd_bus_reply_method_return(m, "s", out.dump().c_str());
+    });
+}
+
+
 int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
     auto* self = static_cast<BusApi*>(userdata);
     return guarded(error, [&] {
@@ -147,6 +234,7 @@ int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noex
         int r = sd_bus_message_read(m, "t", &id);
         if (r < 0) return r;
         auto job = self->manager_.job(id);
+        if (!job) job = from_ledger(self->manager_.ledger(), id);
         if (!job) return self->no_such_job(id, error);
         std::string result = job->result ? std::string(to_string(*job->result)) : std::string();
         return sd_bus_reply_method_return(

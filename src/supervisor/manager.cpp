@@ -302,6 +302,11 @@ int Manager::run() {
     setup_containment();
     setup_event_loop();
     setup_runtime_dir();
+    if (auto path = ledger_path(config_.history)) {
+        ledger_ = std::make_unique<Ledger>(event_.get(), config_.history, *path);
+        // Job ids go on from the last recorded one, so that `loopabullctl job ID` names one job.
+        next_job_ = std::max(next_job_, ledger_->max_job_id() + 1);
+    }
     if (options_.bus != BusKind::none) {
         bus_api_ = make_bus_api(*this, options_.bus);
         observer_ = bus_api_.get();
@@ -727,6 +732,7 @@ void Manager::reject(Looper& looper, const std::optional<json>& id, const std::s
     if (may_log(rejected_log_, "rejected events"))
         spdlog::warn("looper {}: rejected an event: {}{}", looper.name(), loggable(reason),
                      id ? "" : " (no readable id, so no answer)");
+    ledger_event(looper, id, {}, Result::rejected, reason);
     answer(looper.name(), looper.generation(), id, Result::rejected, std::nullopt, reason);
 }
 
@@ -745,6 +751,7 @@ void Manager::route(Looper& looper, Event ev) {
     case V::not_selected:
         ++counters_.events_unrouted;
         spdlog::debug("{}: not selected by routing_keys", ev.routing_key);
+        ledger_event(looper, ev.id, ev.routing_key, Result::unrouted, "not selected by routing_keys");
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
     case V::no_route:
     case V::no_playbook:
@@ -752,6 +759,7 @@ void Manager::route(Looper& looper, Event ev) {
         // Anyone who can send events can send keys without a playbook: limited too.
         if (may_log(unrouted_log_, "unrouted events"))
             spdlog::info("{}: {}; unrouted", ev.routing_key, loggable(d.reason));
+        ledger_event(looper, ev.id, ev.routing_key, Result::unrouted, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
     case V::lookup_failed:
         // Our environment's fault (playbooks_dir unreadable, say), not the event's: retryable.
@@ -764,12 +772,14 @@ void Manager::route(Looper& looper, Event ev) {
         ++counters_.events_rejected;
         if (may_log(rejected_log_, "rejected events"))
             spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(d.reason));
+        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
                       d.reason);
     case V::bad_playbook:
         ++counters_.events_rejected;
         spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, d.playbook.path,
                       d.playbook.detail);
+        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, d.reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
                       "playbook " + d.playbook.detail);
     }
@@ -891,6 +901,7 @@ std::optional<std::string> Manager::launch(Job& job) {
     log::Fields f{.looper = job.looper, .job = job_id, .routing_key = job.routing_key};
     log::Scope scope(f);
     if (auto err = write_vars(job)) return err;
+    if (ledger_) job.playbook_sha256 = sha256_file(job.playbook);
     job.started_usec = now_realtime_usec();
     if (auto err = executor_->start(job_spec(job))) return err;
     spdlog::info("job {} started: {} (playbook {})", job.id, job.routing_key, job.playbook);
@@ -940,6 +951,22 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
     done.error = error_text(outcome);
     done.superseded_by = superseded_by;
     remember(done);
+    if (ledger_)
+        ledger_->record({.job_id = id,
+                         .event_id = job.event_id ? job.event_id->dump() : std::string(),
+                         .looper = job.looper,
+                         .routing_key = job.routing_key,
+                         .route = job.route,
+                         .playbook = job.playbook,
+                         .playbook_sha256 = job.playbook_sha256,
+                         .user = ledger_->user(),
+                         .queued_usec = job.queued_usec,
+                         .started_usec = job.started_usec,
+                         .finished_usec = done.finished_usec,
+                         .result = std::string(to_string(outcome.result)),
+                         .exit_code = outcome.exit_code,
+                         .unit = outcome.unit,
+                         .error = done.error});
     if (observer_) observer_->job_removed(done);
     status_changed();
 }
@@ -961,6 +988,24 @@ JobInfo Manager::info(const Job& job) const {
 void Manager::remember(JobInfo finished) {
     history_.push_back(std::move(finished));
     if (history_.size() > kHistory) history_.pop_front();
+}
+
+void Manager::ledger_event(const Looper& looper, const std::optional<json>& id,
+                           const std::string& key, Result result, const std::string& reason) {
+    if (!ledger_) return;
+    auto now = now_realtime_usec();
+    LedgerRecord r{.event_id = id ? id->dump() : std::string(),
+                   .looper = looper.name(),
+                   .routing_key = key,
+                   .user = ledger_->user(),
+                   .queued_usec = now,
+                   .finished_usec = now,
+                   .result = std::string(to_string(result)),
+                   .error = reason};
+    if (result == Result::unrouted)
+        ledger_->count_unrouted(std::move(r));
+    else
+        ledger_->record(std::move(r));
 }
 
 ManagerState Manager::state() const noexcept {

@@ -10,6 +10,7 @@
 #include "supervisor/bus.hpp"
 #include "supervisor/cgroup.hpp"
 #include "supervisor/executor.hpp"
+#include "supervisor/ledger.hpp"
 #include "supervisor/looper.hpp"
 #include "supervisor/proc-tree.hpp"
 #include "supervisor/scope.hpp"
@@ -93,6 +94,7 @@ struct Job {
     std::string aborted_by{}; // set when an operator cancelled it: its result is then "aborted"
     std::uint64_t queued_usec = 0;
     std::uint64_t started_usec = 0;
+    std::string playbook_sha256{}; // when the ledger is on, as read at launch
     std::string route;        // the route that took it; empty without routes
     std::string serial_value; // shown on D-Bus; empty when the route does not serialize
     std::optional<JobId> superseded_by;
@@ -152,6 +154,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::string warm_state() const;
     std::uint64_t warm_rss_bytes() const;
     sd_event* event() const noexcept { return event_.get(); }
+    Ledger* ledger() const noexcept { return ledger_.get(); } // null when history is off
 
   private:
     static int on_signal(sd_event_source*, const signalfd_siginfo*, void*) noexcept;
@@ -196,6 +199,9 @@ class Manager final : public LooperHost, public ExecutorHost {
     // Whether a line an outsider caused may be logged now; says first how many were suppressed.
     bool may_log(LogRateLimit& limit, std::string_view what);
     void flush_rate_limits();
+    // Events that made no job, into the ledger (rejected; unrouted when configured).
+    void ledger_event(const Looper& looper, const std::optional<json>& id, const std::string& key,
+                      Result result, const std::string& reason);
 
     ManagerOptions options_;
     Config config_;
@@ -235,6 +241,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool started_ = false;
     ManagerObserver* observer_ = nullptr;
     std::unique_ptr<ManagerObserver> bus_api_;
+    std::unique_ptr<Ledger> ledger_; // after event_: its timer goes first
     std::deque<JobInfo> history_; // recently finished jobs, newest last
     bool intake_open_ = true;
     bool status_dirty_ = false;

@@ -642,3 +642,68 @@ def test_man_page_renders_without_warnings(page):
                 ["groff", "-man", "-ww", "-z", str(path)]):
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MANWIDTH": "80"})
         assert r.returncode == 0 and r.stderr == "", (cmd, r.stderr)
+
+
+def test_history_survives_a_restart(bus, instance, workdir):
+    """Issue 17: the ledger keeps finished jobs and rejected events across a restart of the
+    supervisor; `loopabullctl history` and `job ID` read them through D-Bus, and job ids go on
+    from the last recorded one. (The second supervisor has another instance name only because the
+    fixture gives every start a fresh directory; the ledger file is the same.)"""
+    ledger = workdir / "history.sqlite"
+    first = instance("hist-a", history={"path": str(ledger), "flush_interval": "50ms"})
+    first.send("dbus.ok", "a")
+    first.send("dbus.fail", "b")
+    first._fifo.write("not json\n")
+    first._fifo.flush()
+    first.answer("a")
+    first.answer("b")
+    wait_until(lambda: bus.get(first.name, "EventsRejected") == 1, 10, what="the rejected line")
+    assert first.sup.stop() == 0
+    assert ledger.exists() and (ledger.stat().st_mode & 0o077) == 0
+
+    second = instance("hist-b", history={"path": str(ledger)})
+    out = bus.ctl("-i", "hist-b", "history", "--json", check=True).stdout
+    records = json.loads(out)
+    # Newest first; the rejected line may be handled before or after job 2 ends.
+    jobs = [r for r in records if r["id"] is not None]
+    [rejected] = [r for r in records if r["id"] is None]
+    assert [(r["id"], r["result"], r["routing_key"]) for r in jobs] == [
+        (2, "failed", "dbus.fail"), (1, "succeeded", "dbus.ok")]
+    assert rejected["result"] == "rejected" and rejected["error"] and rejected["looper"] == "test"
+    ok = jobs[1]
+    assert ok["event_id"] == "a" and ok["looper"] == "test" and ok["exit_code"] == 0
+    assert len(ok["playbook_sha256"]) == 64 and ok["playbook"].endswith("dbus.ok.yml")
+    assert 0 < ok["queued_usec"] <= ok["started_usec"] <= ok["finished_usec"]
+    assert jobs[0]["exit_code"] == 3
+    # Filters.
+    assert [r["id"] for r in json.loads(bus.ctl("-i", "hist-b", "history", "--json", "--key", "dbus.f*",
+                                                check=True).stdout)] == [2]
+    assert [r["id"] for r in json.loads(bus.ctl("-i", "hist-b", "history", "--json", "--result",
+                                                "succeeded", "--since", "1h", check=True).stdout)] == [1]
+    assert json.loads(bus.ctl("-i", "hist-b", "history", "--json", "--since", "@4000000000",
+                              check=True).stdout) == []
+    assert bus.ctl("-i", "hist-b", "history", "--limit", "0").returncode == 2
+    # A job from before the restart, by id.
+    job = json.loads(bus.ctl("-i", "hist-b", "job", "1", "--json", check=True).stdout)
+    assert (job["state"], job["result"], job["routing_key"]) == ("finished", "succeeded", "dbus.ok")
+    text = bus.ctl("-i", "hist-b", "history", check=True).stdout
+    assert "dbus.fail" in text and "3 records listed" in text
+    # Ids go on from the ledger's last one.
+    second.send("dbus.ok", "c")
+    second.answer("c")
+    assert second.job(3)["routing_key"] == "dbus.ok"
+
+
+def test_a_corrupt_history_is_moved_aside_and_events_go_on(bus, instance, workdir):
+    """A ledger that is not an SQLite database (disk fault, a stray write) must not stop events:
+    it is renamed aside, logged, and a new ledger records the next jobs."""
+    ledger = workdir / "history.sqlite"
+    ledger.write_bytes(b"this is not a database\n" * 1000)
+    inst = instance("hist-corrupt", history={"path": str(ledger), "flush_interval": "50ms"})
+    inst.send("dbus.ok", "a")
+    assert inst.answer("a")["result"] == "succeeded"
+    records = json.loads(bus.ctl("-i", "hist-corrupt", "history", "--json", check=True).stdout)
+    assert [(r["id"], r["result"]) for r in records] == [(1, "succeeded")]
+    [aside] = list(workdir.glob("history.sqlite.corrupt-*"))
+    assert aside.read_bytes().startswith(b"this is not a database")
+    inst.sup.wait_log("is corrupt; moved aside")

@@ -1049,3 +1049,23 @@ TEST(ParseLogLevel, NamesInAnyCase) {
     EXPECT_EQ(parse_log_level(""), std::nullopt);
     EXPECT_EQ(parse_log_level("info "), std::nullopt);
 }
+
+// Issue 17: the history section's keys, defaults and bounds.
+TEST(Config, HistoryKeys) {
+    auto d = parsed(with_top(""));
+    EXPECT_TRUE(d.history.enabled);
+    EXPECT_EQ(d.history.path, std::nullopt);
+    EXPECT_FALSE(d.history.record_unrouted);
+    auto c = parsed(with_top("history:\n  path: /var/lib/l/h.sqlite\n  flush_interval: 200ms\n"
+                             "  batch_size: 50\n  max_age: 30d\n  max_jobs: 5000\n"
+                             "  record_unrouted: true\n"));
+    auto& h = c.history;
+    EXPECT_EQ(h.path, std::optional<std::string>("/var/lib/l/h.sqlite"));
+    EXPECT_EQ(h.flush_interval, std::chrono::milliseconds(200));
+    EXPECT_EQ(h.batch_size, 50u);
+    EXPECT_EQ(h.max_age, std::chrono::hours(24 * 30));
+    EXPECT_EQ(h.max_jobs, 5000u);
+    EXPECT_TRUE(h.record_unrouted);
+    auto bad = errors_of(with_top("history:\n  flush_interval: 2min\n  max_age: 0s\n  color: red\n"));
+    ASSERT_EQ(bad.size(), 3u);
+}

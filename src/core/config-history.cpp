@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The "history" section of the current dialect: where and how long the job ledger keeps what ran
+// (loopabull.yml(5)). Kept apart from config-current.cpp so that issue 17's keys stay in one file.
+#include "core/config-reader.hpp"
+
+namespace loopabull::config_detail {
+
+namespace {
+const std::vector<std::string_view> kHistoryKeys = {
+    "enabled", "path", "flush_interval", "batch_size", "max_age", "max_jobs", "record_unrouted"};
+}
+
+void read_history(Reader& r, const YAML::Node& node, Config& c) {
+    if (!r.mapping(node, "'history'", kHistoryKeys)) return;
+    auto& h = c.history;
+    if (auto v = node["enabled"]) h.enabled = r.boolean(v, "enabled").value_or(h.enabled);
+    if (auto v = node["path"]) {
+        if (auto p = r.nonempty(v, "path")) h.path = r.path(*p);
+    }
+    if (auto v = node["flush_interval"]) {
+        auto d = r.duration(v, "flush_interval");
+        // Under 10ms the timer would cost more than the batching saves; over a minute, a crash
+        // loses more history than an operator expects.
+        if (d && (*d < std::chrono::milliseconds(10) || *d > std::chrono::minutes(1)))
+            r.error(v, "'flush_interval' must be between 10ms and 1min");
+        else if (d)
+            h.flush_interval = *d;
+    }
+    if (auto v = node["batch_size"])
+        h.batch_size = r.integer(v, "batch_size", 1, 100000).value_or(h.batch_size);
+    if (auto v = node["max_age"]) {
+        auto d = r.duration(v, "max_age");
+        if (d && d->count() == 0)
+            r.error(v, "'max_age' must be more than 0");
+        else if (d)
+            h.max_age = *d;
+    }
+    if (auto v = node["max_jobs"])
+        h.max_jobs = r.integer(v, "max_jobs", 1, 1000000000).value_or(h.max_jobs);
+    if (auto v = node["record_unrouted"])
+        h.record_unrouted = r.boolean(v, "record_unrouted").value_or(h.record_unrouted);
+}
+
+} // namespace loopabull::config_detail

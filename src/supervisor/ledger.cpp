@@ -1,0 +1,379 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The durable job ledger on SQLite (see ledger.hpp for why and how).
+#include "supervisor/ledger.hpp"
+
+#include <openssl/evp.h>
+#include <spdlog/spdlog.h>
+#include <sqlite3.h>
+
+#include <fcntl.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace loopabull {
+
+namespace {
+
+constexpr const char* kSchema = R"(
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    looper TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    route TEXT NOT NULL,
+    playbook TEXT NOT NULL,
+    playbook_sha256 TEXT NOT NULL,
+    user TEXT NOT NULL,
+    queued_usec INTEGER NOT NULL,
+    started_usec INTEGER NOT NULL,
+    finished_usec INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    exit_code INTEGER,
+    unit TEXT NOT NULL,
+    error TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs(job_id);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_usec);
+)";
+
+constexpr const char* kColumns =
+    "job_id, event_id, looper, routing_key, route, playbook, playbook_sha256, user, queued_usec, "
+    "started_usec, finished_usec, result, exit_code, unit, error";
+
+struct Stmt {
+    sqlite3_stmt* s = nullptr;
+    Stmt() = default;
+    Stmt(const Stmt&) = delete;
+    Stmt& operator=(const Stmt&) = delete;
+    ~Stmt() { sqlite3_finalize(s); }
+};
+
+std::uint64_t now_usec() {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+std::string current_user() {
+    if (auto* pw = getpwuid(geteuid())) return pw->pw_name;
+    return std::to_string(geteuid());
+}
+
+void bind_text(sqlite3_stmt* s, int i, const std::string& v) {
+    sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+}
+
+std::string column_text(sqlite3_stmt* s, int i) {
+    auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
+    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s, i))) : std::string();
+}
+
+bool is_corruption(int rc) {
+    int primary = rc & 0xff;
+    return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
+}
+
+} // namespace
+
+std::optional<std::string> ledger_path(const HistoryConfig& config) {
+    if (!config.enabled) return std::nullopt;
+    if (config.path) return config.path;
+    const char* state = std::getenv("STATE_DIRECTORY");
+    if (!state || !*state) return std::nullopt;
+    std::string dir(state);
+    dir = dir.substr(0, dir.find(':'));
+    return dir + "/history.sqlite";
+}
+
+std::string sha256_file(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return {};
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    bool ok = ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1;
+    std::array<char, 65536> buf;
+    while (ok) {
+        ssize_t n = ::read(fd, buf.data(), buf.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) ok = false;
+        if (n <= 0) break;
+        ok = EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n)) == 1;
+    }
+    ::close(fd);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    if (!ok || EVP_DigestFinal_ex(ctx.get(), md, &len) != 1) return {};
+    std::string hex;
+    static constexpr char kDigits[] = "0123456789abcdef";
+    for (unsigned i = 0; i < len; ++i) {
+        hex += kDigits[md[i] >> 4];
+        hex += kDigits[md[i] & 0xf];
+    }
+    return hex;
+}
+
+Ledger::Ledger(sd_event* event, HistoryConfig config, std::string path)
+    : event_(event), config_(std::move(config)), path_(std::move(path)), user_(current_user()) {
+    int r = sd_event_add_time(event_, &timer_, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, this);
+    if (r < 0) throw std::runtime_error("ledger timer: " + std::string(std::strerror(-r)));
+    sd_event_source_set_description(timer_, "ledger-flush");
+    sd_event_source_set_enabled(timer_, SD_EVENT_OFF);
+    if (open()) spdlog::info("history: ledger {}", path_);
+}
+
+Ledger::~Ledger() {
+    try {
+        flush();
+    } catch (...) {
+        // flush() logs its own faults; nothing else can be done on the way out.
+    }
+    close();
+    sd_event_source_disable_unref(timer_);
+}
+
+bool Ledger::exec(const char* sql) {
+    char* msg = nullptr;
+    int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &msg);
+    if (rc != SQLITE_OK) {
+        spdlog::error("history: {}: {}", path_, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        handle_error(rc, "statement");
+        return false;
+    }
+    return true;
+}
+
+bool Ledger::open() {
+    if (db_) return true;
+    // The ledger may hold error texts and event ids: readable by the service user alone.
+    mode_t old = umask(077);
+    int rc =
+        sqlite3_open_v2(path_.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    umask(old);
+    if (rc != SQLITE_OK) {
+        ++stats_.errors;
+        spdlog::error("history: cannot open {}: {}", path_,
+                      db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc));
+        close();
+        return false;
+    }
+    // A reader (the D-Bus query) never waits long for the writer: both run on our one thread.
+    sqlite3_busy_timeout(db_, 1000);
+    // WAL: a commit appends to the log instead of rewriting pages; synchronous=NORMAL syncs at
+    // checkpoints only, so a crash may lose the last batch but never corrupts the database.
+    if (!exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;") || !exec(kSchema)) {
+        close();
+        return false;
+    }
+    return true;
+}
+
+void Ledger::close() noexcept {
+    if (db_) sqlite3_close_v2(db_);
+    db_ = nullptr;
+}
+
+void Ledger::rotate() {
+    close();
+    auto aside = path_ + ".corrupt-" + std::to_string(now_usec() / 1000000);
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+        auto from = path_ + suffix;
+        if (::rename(from.c_str(), (aside + suffix).c_str()) < 0 && errno != ENOENT)
+            spdlog::error("history: cannot move {} aside: {}", from, std::strerror(errno));
+    }
+    ++stats_.rotations;
+    spdlog::error("history: {} is corrupt; moved aside to {} and starting a new ledger", path_,
+                  aside);
+    open();
+}
+
+void Ledger::handle_error(int rc, const char* what) {
+    ++stats_.errors;
+    spdlog::error("history: {} failed on {}: {}", what, path_, sqlite3_errstr(rc));
+    if (is_corruption(rc)) rotate();
+}
+
+void Ledger::record(LedgerRecord r) {
+    if (pending_.size() >= kMaxPending) {
+        ++stats_.dropped;
+        return;
+    }
+    pending_.push_back(std::move(r));
+    if (pending_.size() >= config_.batch_size) {
+        flush();
+        return;
+    }
+    int enabled = SD_EVENT_OFF;
+    sd_event_source_get_enabled(timer_, &enabled);
+    if (enabled == SD_EVENT_OFF) {
+        std::uint64_t now = 0;
+        sd_event_now(event_, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(timer_,
+                                 now + static_cast<std::uint64_t>(config_.flush_interval.count()));
+        sd_event_source_set_enabled(timer_, SD_EVENT_ONESHOT);
+    }
+}
+
+void Ledger::count_unrouted(LedgerRecord r) {
+    ++stats_.unrouted;
+    if (config_.record_unrouted) record(std::move(r));
+}
+
+int Ledger::on_timer(sd_event_source*, uint64_t, void* userdata) noexcept {
+    try {
+        static_cast<Ledger*>(userdata)->flush();
+    } catch (const std::exception& e) {
+        spdlog::error("history: {}", e.what());
+    }
+    return 0; // the ledger's faults never stop the event loop
+}
+
+void Ledger::flush() {
+    sd_event_source_set_enabled(timer_, SD_EVENT_OFF);
+    if (pending_.empty()) return;
+    if (!open()) {
+        // Keep the batch for the next try, unless it has grown to the cap.
+        if (pending_.size() >= kMaxPending) {
+            stats_.dropped += pending_.size();
+            pending_.clear();
+        }
+        return;
+    }
+    std::string sql =
+        std::string("INSERT INTO jobs (") + kColumns + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    Stmt st;
+    int rc = sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, &st.s, nullptr);
+    for (auto& r : pending_) {
+        if (rc != SQLITE_OK) break;
+        auto* s = st.s;
+        sqlite3_bind_int64(s, 1, static_cast<sqlite3_int64>(r.job_id));
+        bind_text(s, 2, r.event_id);
+        bind_text(s, 3, r.looper);
+        bind_text(s, 4, r.routing_key);
+        bind_text(s, 5, r.route);
+        bind_text(s, 6, r.playbook);
+        bind_text(s, 7, r.playbook_sha256);
+        bind_text(s, 8, r.user);
+        sqlite3_bind_int64(s, 9, static_cast<sqlite3_int64>(r.queued_usec));
+        sqlite3_bind_int64(s, 10, static_cast<sqlite3_int64>(r.started_usec));
+        sqlite3_bind_int64(s, 11, static_cast<sqlite3_int64>(r.finished_usec));
+        bind_text(s, 12, r.result);
+        if (r.exit_code)
+            sqlite3_bind_int(s, 13, *r.exit_code);
+        else
+            sqlite3_bind_null(s, 13);
+        bind_text(s, 14, r.unit);
+        bind_text(s, 15, r.error);
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE) rc = SQLITE_OK;
+        sqlite3_reset(s);
+    }
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+        sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        // The batch is lost rather than retried: a fault that repeats would otherwise hold
+        // every later record back too. It is counted and logged.
+        stats_.dropped += pending_.size();
+        spdlog::error("history: {} record(s) lost", pending_.size());
+        pending_.clear();
+        bool full = (rc & 0xff) == SQLITE_FULL;
+        handle_error(rc, "writing a batch");
+        if (full) prune();
+        return;
+    }
+    stats_.written += pending_.size();
+    pending_.clear();
+    prune();
+}
+
+void Ledger::prune() {
+    if (!db_) return;
+    // Both deletions use an index (finished_usec; seq is the row id), so pruning at every batch
+    // costs little. seq grows with every insert: the newest max_jobs rows have the highest ones.
+    auto max_age = static_cast<std::uint64_t>(config_.max_age.count());
+    auto now = now_usec();
+    auto cutoff = now > max_age ? now - max_age : 0;
+    Stmt st;
+    int rc = sqlite3_prepare_v2(
+        db_, "DELETE FROM jobs WHERE finished_usec < ?1 OR seq <= (SELECT MAX(seq) FROM jobs) - ?2",
+        -1, &st.s, nullptr);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st.s, 1, static_cast<sqlite3_int64>(cutoff));
+        sqlite3_bind_int64(st.s, 2, static_cast<sqlite3_int64>(config_.max_jobs));
+        rc = sqlite3_step(st.s);
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) handle_error(rc, "pruning");
+}
+
+std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
+    flush();
+    if (!open()) throw std::runtime_error("the history database " + path_ + " cannot be opened");
+    std::string sql = std::string("SELECT ") + kColumns + " FROM jobs WHERE 1";
+    if (q.job_id) sql += " AND job_id = :job";
+    if (!q.key_pattern.empty()) sql += " AND routing_key GLOB :key";
+    if (!q.result.empty()) sql += " AND result = :result";
+    if (q.since_usec) sql += " AND finished_usec >= :since";
+    sql += " ORDER BY seq DESC LIMIT :limit";
+    Stmt st;
+    int rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, &st.s, nullptr);
+    if (rc != SQLITE_OK) {
+        handle_error(rc, "a query");
+        throw std::runtime_error(std::string("history query: ") + sqlite3_errstr(rc));
+    }
+    auto idx = [&](const char* name) { return sqlite3_bind_parameter_index(st.s, name); };
+    if (q.job_id) sqlite3_bind_int64(st.s, idx(":job"), static_cast<sqlite3_int64>(*q.job_id));
+    if (!q.key_pattern.empty()) bind_text(st.s, idx(":key"), q.key_pattern);
+    if (!q.result.empty()) bind_text(st.s, idx(":result"), q.result);
+    if (q.since_usec)
+        sqlite3_bind_int64(st.s, idx(":since"), static_cast<sqlite3_int64>(q.since_usec));
+    auto limit = q.limit == 0 || q.limit > kMaxQueryLimit ? kMaxQueryLimit : q.limit;
+    sqlite3_bind_int64(st.s, idx(":limit"), limit);
+    std::vector<LedgerRecord> out;
+    while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+        LedgerRecord r;
+        auto* s = st.s;
+        r.job_id = static_cast<JobId>(sqlite3_column_int64(s, 0));
+        r.event_id = column_text(s, 1);
+        r.looper = column_text(s, 2);
+        r.routing_key = column_text(s, 3);
+        r.route = column_text(s, 4);
+        r.playbook = column_text(s, 5);
+        r.playbook_sha256 = column_text(s, 6);
+        r.user = column_text(s, 7);
+        r.queued_usec = static_cast<std::uint64_t>(sqlite3_column_int64(s, 8));
+        r.started_usec = static_cast<std::uint64_t>(sqlite3_column_int64(s, 9));
+        r.finished_usec = static_cast<std::uint64_t>(sqlite3_column_int64(s, 10));
+        r.result = column_text(s, 11);
+        if (sqlite3_column_type(s, 12) != SQLITE_NULL) r.exit_code = sqlite3_column_int(s, 12);
+        r.unit = column_text(s, 13);
+        r.error = column_text(s, 14);
+        out.push_back(std::move(r));
+    }
+    if (rc != SQLITE_DONE) {
+        handle_error(rc, "a query");
+        throw std::runtime_error(std::string("history query: ") + sqlite3_errstr(rc));
+    }
+    return out;
+}
+
+JobId Ledger::max_job_id() {
+    if (!open()) return 0;
+    Stmt st;
+    if (sqlite3_prepare_v2(db_, "SELECT MAX(job_id) FROM jobs", -1, &st.s, nullptr) != SQLITE_OK)
+        return 0;
+    if (sqlite3_step(st.s) != SQLITE_ROW) return 0;
+    return static_cast<JobId>(sqlite3_column_int64(st.s, 0));
+}
+
+} // namespace loopabull

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The durable job ledger (issue 17): one SQLite row per finished job, rejected event and (when
+// configured) unrouted event, kept across restarts for `loopabullctl history` and `job ID`.
+//
+// Why SQLite: one file, no server, crash-safe transactions (WAL), indexes for the history
+// queries, and a library every distribution keeps patched (Debian's libsqlite3).
+//
+// The event path never waits on the disk: record() appends to a batch in memory; the batch is
+// written in one transaction when it holds history.batch_size records or when the
+// history.flush_interval timer fires, whichever comes first. A SIGKILL loses at most the batch
+// in memory; WAL with synchronous=NORMAL keeps every committed batch (sqlite.org/wal.html).
+// Faults of the database never reach the event path: an error is logged and counted; a corrupt
+// database (SQLITE_CORRUPT, SQLITE_NOTADB) is renamed aside and a new one started; a full disk
+// drops the batch (counted) and prunes the oldest rows.
+#pragma once
+
+#include "core/config.hpp"
+#include "core/scheduler.hpp"
+
+#include <systemd/sd-event.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace loopabull {
+
+struct LedgerRecord {
+    JobId job_id = 0;       // 0 for events that made no job (rejected, unrouted)
+    std::string event_id{}; // the event's id as JSON text ("" when it had none)
+    std::string looper{};
+    std::string routing_key{};
+    std::string route{};           // the route that took it; empty without routes
+    std::string playbook{};        // absolute path
+    std::string playbook_sha256{}; // hex, of the file as read when the job started
+    std::string user{};            // the user the playbook ran as
+    std::uint64_t queued_usec = 0, started_usec = 0, finished_usec = 0; // CLOCK_REALTIME
+    std::string result{};                                               // protocol v1 result name
+    std::optional<int> exit_code{};
+    std::string unit{};
+    std::string error{}; // the reason of a rejection, a failure's text
+};
+
+struct LedgerQuery {
+    std::string key_pattern{};    // shell glob on routing_key (SQLite GLOB); "" for all
+    std::string result{};         // "" for all
+    std::uint64_t since_usec = 0; // finished at or after (CLOCK_REALTIME)
+    std::uint32_t limit = 100;    // newest first; capped at kMaxQueryLimit
+    std::optional<JobId> job_id{};
+};
+
+struct LedgerStats {
+    std::uint64_t written = 0;   // records committed
+    std::uint64_t dropped = 0;   // records lost to a database fault or a full backlog
+    std::uint64_t errors = 0;    // failed writes, opens or queries
+    std::uint64_t rotations = 0; // corrupt databases renamed aside
+    std::uint64_t unrouted = 0;  // unrouted events seen (recorded or not)
+};
+
+class Ledger {
+  public:
+    static constexpr std::uint32_t kMaxQueryLimit = 10000;
+    // Records waiting for the disk beyond this are dropped (counted): memory stays bounded
+    // while the database is unwritable.
+    static constexpr std::size_t kMaxPending = 100000;
+
+    // path: the database file (its directory must exist). A database that cannot be opened now
+    // is retried at every flush; the ledger is never a reason for loopabull not to start.
+    Ledger(sd_event* event, HistoryConfig config, std::string path);
+    ~Ledger(); // writes what is pending
+    Ledger(const Ledger&) = delete;
+    Ledger& operator=(const Ledger&) = delete;
+
+    // Queues a record; cheap (no I/O unless the batch is full).
+    void record(LedgerRecord r);
+    void count_unrouted(LedgerRecord r); // recorded only with history.record_unrouted
+    // Writes the pending batch now (one transaction), then applies retention.
+    void flush();
+    // Newest first. Flushes first, so that a job that just ended is found. Throws
+    // std::runtime_error on a database error (the D-Bus API turns it into an error reply).
+    std::vector<LedgerRecord> query(const LedgerQuery& q);
+    // The highest job id recorded, so that ids stay unique across restarts; 0 when none.
+    JobId max_job_id();
+    const LedgerStats& stats() const noexcept { return stats_; }
+    const std::string& path() const noexcept { return path_; }
+    const std::string& user() const noexcept { return user_; }
+
+  private:
+    static int on_timer(sd_event_source*, uint64_t, void*) noexcept;
+    bool open();
+    void close() noexcept;
+    void rotate();
+    void prune();
+    void handle_error(int rc, const char* what);
+    bool exec(const char* sql);
+
+    sd_event* event_;
+    HistoryConfig config_;
+    std::string path_;
+    std::string user_;
+    sqlite3* db_ = nullptr;
+    sd_event_source* timer_ = nullptr;
+    std::vector<LedgerRecord> pending_;
+    LedgerStats stats_;
+};
+
+// The default database path: history.path, else $STATE_DIRECTORY/history.sqlite (systemd sets
+// STATE_DIRECTORY from StateDirectory=, a colon-separated list: the first is used); nullopt when
+// neither is there (the ledger is then off) or history.enabled is false.
+std::optional<std::string> ledger_path(const HistoryConfig& config);
+
+// SHA-256 of a file as lowercase hex; "" when it cannot be read (logged by the caller's choice).
+std::string sha256_file(const std::string& path);
+
+} // namespace loopabull
