@@ -1,3 +1,4 @@
+#!/usr/bin/python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """loopabull's warm runner (the "zygote"): ansible-playbook without its cold start.
 

@@ -32,7 +32,7 @@ PLAYBOOKS = {
     - name: record the run
       ansible.builtin.copy:
         dest: "/var/lib/loopabull/{{ loopabull_instance }}/ran-{{ loopabull_job_id }}"
-        content: "{{ who | default('nobody') }} as {{ lookup('env', 'USER') }}\\n"
+        content: "{{ event.who | default('nobody') }} as {{ lookup('env', 'USER') }}\\n"
 """,
     "test.other": """- hosts: localhost
   gather_facts: false
@@ -263,7 +263,7 @@ def test_event_runs_its_playbook_and_the_api_shows_it(service):
     # Root may cancel.
     assert service.call("releng", "CancelJob", "t", 2) == []
     job = service.wait_job("releng", 2, timeout=30)
-    assert job["result"] == "cancelled"
+    assert job["result"] == "aborted"  # an operator's cancel is final (issue 12)
     r = service.ctl("-i", "nope", "status")
     assert r.returncode == 3
     assert r.stderr == "loopabullctl: loopabull instance nope is not running (no org.loopabull.Loopabull1.nope on the system bus)\n"
@@ -320,7 +320,7 @@ polkit.addRule(function(action, subject) {{
     assert service.ctl("-i", "releng", "resume", user=USER).returncode == 0
     assert service.ctl("-i", "releng", "reload", "--no-ask-password", user=USER).returncode == 4
     assert service.ctl("-i", "releng", "cancel", "1", user=USER).returncode == 0
-    assert service.wait_job("releng", 1)["result"] == "cancelled"
+    assert service.wait_job("releng", 1)["result"] == "aborted"
     assert re.search(rf"cancel of job 1 by uid {uid} \(:\S+\), authorized by polkit", service.journal("releng"))
 
 
