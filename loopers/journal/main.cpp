@@ -149,6 +149,12 @@ void Follower::open() {
                 cursor_.save(c);
                 std::free(c);
             }
+        } else {
+            // No matching entry yet. A seek to the tail that no entry resolved makes the next
+            // sd_journal_next() jump to the last entry there is by then, skipping every other
+            // entry that came in meanwhile (three units failing at once gave only the third):
+            // from the head instead, where the first matching entry is the first new one.
+            sd_journal_seek_head(j);
         }
         log("following the journal from now");
     }
