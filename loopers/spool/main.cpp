@@ -15,7 +15,8 @@
 // wait side by side. No event is lost, whatever way a file arrives or changes:
 // - a file is taken when it is complete: renamed in (IN_MOVED_TO), closed after writing
 //   (IN_CLOSE_WRITE), hard-linked in (IN_CREATE of a file nobody opened: link(), or O_TMPFILE
-//   and linkat(), whose close is reported under "#INODE"), or present at start;
+//   and linkat(), whose close is reported under "#INODE"), or present at start (unless a
+//   writer still holds it open: then its close);
 // - what was read is remembered (device, inode, size and a digest of the content); a file
 //   that changed while its event ran is not removed: its new content is a new event once the
 //   current one is answered;
@@ -198,6 +199,24 @@ std::optional<Snapshot> snapshotOf(int dir, const std::string& name) {
     }
 }
 
+// A file that some process still holds open for writing: one whose writer began before we
+// watched the spool (or before an inotify overflow), whose IN_CLOSE_WRITE is still to come.
+// fcntl(2), "Leases": a read lease is refused with EAGAIN exactly while the file is open for
+// writing (measured on ext4 and overlayfs). Taking one needs us to own the file or CAP_LEASE;
+// where it cannot be taken, the file counts as complete, as a file present at start always did.
+std::optional<ino_t> openForWriting(int dir, const std::string& name) {
+    UniqueFd fd(
+        ::openat(dir, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+    struct stat st {};
+    if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+    if (::fcntl(fd.get(), F_SETLEASE, F_RDLCK) == 0) {
+        ::fcntl(fd.get(), F_SETLEASE, F_UNLCK);
+        return std::nullopt;
+    }
+    if (errno != EAGAIN) return std::nullopt;
+    return st.st_ino;
+}
+
 // ---- The spool ------------------------------------------------------------------------------
 
 using Clock = std::chrono::steady_clock;
@@ -235,6 +254,7 @@ class Spool {
 
     void scan();
     void arrived(const std::string& name); // complete: renamed in, closed, linked, at start
+    void listed(const std::string& name);  // at start or after an inotify overflow
     void created(const std::string& name);
     void opened(const std::string& name);
     void closedTemporary(ino_t ino);
@@ -287,11 +307,20 @@ void Spool::scan() {
         names.emplace_back(entry->d_name);
     // Names of the producer tool start with the UTC time: sorted, older events go first.
     std::sort(names.begin(), names.end());
-    for (auto& name : names) {
-        // After an inotify overflow: a file still open for writing waits for its close.
-        auto created = created_.find(name);
-        if (created == created_.end() || !created->second.opened) arrived(name);
+    for (auto& name : names)
+        listed(name);
+}
+
+// Found by a listing: complete, unless it is still being written; then its close queues it.
+void Spool::listed(const std::string& name) {
+    if (!spool::split_spool_name(name)) return;
+    auto created = created_.find(name);
+    if (created != created_.end() && created->second.opened) return;
+    if (auto ino = openForWriting(dir_.get(), name)) {
+        created_[name] = Created{*ino, Clock::now(), true};
+        return;
     }
+    arrived(name);
 }
 
 // A complete version of the file is there. While its event runs, it is compared with what was

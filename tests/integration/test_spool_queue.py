@@ -150,3 +150,28 @@ def test_every_way_a_file_arrives_is_seen_once(workdir, supervisor, mode):
     got = wait_done(workdir, spool, 1)
     assert got == [(name, body)]
     assert sup.stop() == 0
+
+
+def test_a_file_still_being_written_at_start_waits_for_its_close(workdir, supervisor):
+    """A writer that began before the looper watched the spool (the supervisor starting, or
+    restarting, while a producer writes in place): the file is taken when it is closed, whole;
+    it is neither read half-written nor moved to failed/."""
+    spool = workdir / "spool"
+    spool.mkdir()
+    body = {"mode": "writing_at_start", "pad": "x" * 100}
+    key = "org.example.writing"
+    text = json.dumps(body) + "\n"
+    fd = os.open(spool / f"{key}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, text[:5].encode())
+        sup = start(workdir, supervisor, spool, keys=[key])
+        wait_until(lambda: "files waiting" in sup.log, 60, what="the spool looper to watch")
+        time.sleep(1)  # the looper had its chance to take the half-written file
+        assert records(workdir) == []
+        os.write(fd, text[5:].encode())
+    finally:
+        os.close(fd)
+    got = wait_done(workdir, spool, 1)
+    assert got == [(f"{key}.json", body)]
+    assert not (spool / "failed").exists() or os.listdir(spool / "failed") == []
+    assert sup.stop() == 0
