@@ -177,7 +177,7 @@ void AmqpLooper::drain() {
 
 void AmqpLooper::on_delivery(Incoming in) {
     auto origin = origin_of(signer_, options_.queue.name, in.exchange, in.routing_key,
-                            in.properties, in.body);
+                            in.properties, in.body, options_.run_legacy_copies);
     auto id = event_id(ledger_.generation(), in.tag);
     std::string key = origin.routing_key;
     std::string why = origin.problem;
