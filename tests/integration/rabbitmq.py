@@ -181,15 +181,11 @@ class RabbitMQ:
             self.ctl("close_connection", pid, "closed by the test")
         return len(pids)
 
-    def publish(self, routing_key, bodies, exchange="amq.topic", message_ids=None, headers=None,
-                confirm=True):
-        """confirm=False: no publisher confirms (pika then waits for each in turn, which takes
-        minutes for 1,000 messages to a quorum queue on a loaded machine); count the queue."""
+    def publish(self, routing_key, bodies, exchange="amq.topic", message_ids=None, headers=None):
         conn = self.connection()
         try:
             ch = conn.channel()
-            if confirm:
-                ch.confirm_delivery()
+            ch.confirm_delivery()
             for i, body in enumerate(bodies):
                 props = pika.BasicProperties(
                     content_type="application/json", delivery_mode=2,

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -63,9 +64,25 @@ def declare_and_start(tmp_path, cluster, record, ids):
     ch.queue_bind(QUEUE, "amq.topic", "cluster.#")
     conn.close()
     assert n0.name in leader(n1)
-    # Published before anyone consumes, so that the fault falls while half of them still wait.
-    n2.publish("cluster.job", [b"{}"] * len(ids), message_ids=ids, confirm=False)
-    it.wait_until(lambda: n1.queue_counts(QUEUE) == (len(ids), 0), 60, what="every message queued")
+    # Published before anyone consumes, so that the fault falls while half of them still wait;
+    # confirmed (taken by a majority), from 8 connections at once: pika waits for each confirm
+    # in turn, and one connection took minutes for 1,000 messages on a loaded machine.
+    errors = []
+
+    def publish(part):
+        try:
+            n2.publish("cluster.job", [b"{}"] * len(part), message_ids=part)
+        except Exception as e:  # noqa: BLE001 (reported below, in the test's thread)
+            errors.append(e)
+    threads = [threading.Thread(target=publish, args=(ids[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    counts = []
+    it.wait_until(lambda: counts.append(n1.queue_counts(QUEUE)) or counts[-1] == (len(ids), 0), 60,
+                  what=f"every message queued (ready, unacknowledged: {counts[-1:]})")
     sups = []
     for name, nodes in {"a": [n0, n1, n2], "b": [n1, n2, n0]}.items():
         d = tmp_path / name
