@@ -54,8 +54,14 @@ class NetNamespace:
         return [int(p) for p in r.stdout.split()]
 
     def _leave(self):
+        # Back home first: `ip netns pids` lists every process with a thread in the namespace,
+        # this one included while its thread is there.
+        if self._home is not None:
+            _setns(self._home)
+            os.close(self._home)
+            self._home = None
         for _ in range(50):
-            left = self.pids()
+            left = [p for p in self.pids() if p != os.getpid()]
             if not left:
                 break
             for pid in left:
@@ -64,10 +70,6 @@ class NetNamespace:
                 except ProcessLookupError:
                     pass
             time.sleep(0.1)
-        if self._home is not None:
-            _setns(self._home)
-            os.close(self._home)
-            self._home = None
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
     def nft(self, script):

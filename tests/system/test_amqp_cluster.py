@@ -7,6 +7,7 @@ only messages in flight at the fault, the queue ends empty, and the instance tha
 to the lost node reconnects to a survivor.
 
 A system-tier test (no container needed): it runs once in CI, not again under ASan."""
+import contextlib
 import importlib.util
 import json
 import os
@@ -130,31 +131,16 @@ def outcome(record, ids, fault_at):
     return runs, duplicates, late
 
 
-def test_quorum_queue_survives_sigkill_of_its_leader_node(tmp_path):
-    cluster = rabbitmq.Cluster(3)
+@contextlib.contextmanager
+def two_instances(tmp_path, cluster, n=1000):
+    """Yields (instance a, the record, the ids) with n messages queued and being consumed;
+    stops both instances cleanly at the end (kills them on failure) and closes the cluster."""
     sups = []
     try:
-        n0, n1, n2 = cluster.nodes
         record = tmp_path / "runs.txt"
-        n = 1000
         ids = [f"cl-{i}" for i in range(n)]
         sups = declare_and_start(tmp_path, cluster, record, ids)
-        a, b = sups
-        vm = n0.vm_pid()  # asked now: rabbitmqctl takes a second, while jobs go on
-        it.wait_until(lambda: len(recorded(record)) >= n // 2, 300, what="half the messages")
-        killed_at = time.time()
-        n0.kill(vm)
-        done_at_kill = len(recorded(record))
-        a.wait_log(consuming(n1, n2), timeout=120)
-        reconnected_after = time.time() - killed_at
-        runs, duplicates, late = outcome(record, ids, killed_at)
-        it.wait_until(lambda: n1.queue_counts(QUEUE) == (0, 0), 60, what="the queue to empty")
-        print(f"\n{n} messages, leader node SIGKILLed after {done_at_kill} runs; instance a "
-              f"consuming again within {reconnected_after:.1f} s; {len(runs)} runs, "
-              f"{len(duplicates)} duplicate(s): {duplicates}; per instance: "
-              f"{Counter(r[1] for r in runs)}; new leader: {leader(n1)}")
-        assert not late, late
-        assert len(duplicates) <= 2 * SLOTS * 2  # two instances' prefetch, twice over at most
+        yield sups[0], record, ids
         for s in sups:
             assert s.stop() == 0
     finally:
@@ -162,6 +148,28 @@ def test_quorum_queue_survives_sigkill_of_its_leader_node(tmp_path):
             if s.proc.poll() is None:
                 s.kill()
         cluster.close()
+
+
+def test_quorum_queue_survives_sigkill_of_its_leader_node(tmp_path):
+    cluster = rabbitmq.Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    with two_instances(tmp_path, cluster) as (a, record, ids):
+        vm = n0.vm_pid()  # asked now: rabbitmqctl takes a second, while jobs go on
+        it.wait_until(lambda: len(recorded(record)) >= len(ids) // 2, 300,
+                      what="half the messages")
+        killed_at = time.time()
+        n0.kill(vm)
+        done_at_kill = len(recorded(record))
+        a.wait_log(consuming(n1, n2), timeout=120)
+        reconnected_after = time.time() - killed_at
+        runs, duplicates, late = outcome(record, ids, killed_at)
+        it.wait_until(lambda: n1.queue_counts(QUEUE) == (0, 0), 60, what="the queue to empty")
+        print(f"\n{len(ids)} messages, leader node SIGKILLed after {done_at_kill} runs; instance "
+              f"a consuming again within {reconnected_after:.1f} s; {len(runs)} runs, "
+              f"{len(duplicates)} duplicate(s): {duplicates}; per instance: "
+              f"{Counter(r[1] for r in runs)}; new leader: {leader(n1)}")
+        assert not late, late
+        assert len(duplicates) <= 2 * SLOTS * 2  # two instances' prefetch, twice over at most
 
 
 # pause_minority: a node that sees less than half the cluster stops its RabbitMQ application
@@ -181,15 +189,10 @@ def test_quorum_queue_survives_a_network_cut_of_its_leader_node(tmp_path):
     started = time.time()
     with netns.NetNamespace(f"loopabull-cut-{os.getpid()}") as ns:
         cluster = rabbitmq.Cluster(3, address="own", conf=CUT_CONF)
-        sups = []
-        try:
-            n0, n1, n2 = cluster.nodes
-            record = tmp_path / "runs.txt"
-            n = 1000
-            ids = [f"cl-{i}" for i in range(n)]
-            sups = declare_and_start(tmp_path, cluster, record, ids)
-            a, b = sups
-            it.wait_until(lambda: len(recorded(record)) >= n // 2, 300, what="half the messages")
+        n0, n1, n2 = cluster.nodes
+        with two_instances(tmp_path, cluster) as (a, record, ids):
+            it.wait_until(lambda: len(recorded(record)) >= len(ids) // 2, 300,
+                          what="half the messages")
             cut_at = time.time()
             ns.nft(netns.cut_script("loopabull_cut", n0.address, [n0.port, n0.dist_port]))
             done_at_cut = len(recorded(record))
@@ -214,18 +217,11 @@ def test_quorum_queue_survives_a_network_cut_of_its_leader_node(tmp_path):
                         and not status["partitions"])
             it.wait_until(rejoined, 120, what="the cut node to rejoin the cluster")
             rejoined_after = time.time() - healed_at
-            print(f"\n{n} messages, leader node cut off after {done_at_cut} runs; instance a "
-                  f"consuming again within {reconnected_after:.1f} s; leader moved within "
-                  f"{moved_after:.1f} s; cut for {healed_at - cut_at:.1f} s; the node rejoined "
-                  f"{rejoined_after:.1f} s after; {len(runs)} runs, {len(duplicates)} "
+            print(f"\n{len(ids)} messages, leader node cut off after {done_at_cut} runs; "
+                  f"instance a consuming again within {reconnected_after:.1f} s; leader moved "
+                  f"within {moved_after:.1f} s; cut for {healed_at - cut_at:.1f} s; the node "
+                  f"rejoined {rejoined_after:.1f} s after; {len(runs)} runs, {len(duplicates)} "
                   f"duplicate(s): {duplicates}; per instance: {Counter(r[1] for r in runs)}; "
                   f"new leader: {leader(n1)}; test {time.time() - started:.0f} s")
             assert not late, late
             assert len(duplicates) <= 2 * SLOTS * 2
-            for s in sups:
-                assert s.stop() == 0
-        finally:
-            for s in sups:
-                if s.proc.poll() is None:
-                    s.kill()
-            cluster.close()
