@@ -294,6 +294,12 @@ void read_policy(const json& c, Options& o) {
         else
             throw ConfigError("'on_failure' must be 'retry', 'reject' or 'ack', not '" + p + "'");
     }
+    if (c.contains("legacy_retry_copies")) {
+        auto v = text(c["legacy_retry_copies"], "legacy_retry_copies");
+        if (v != "reject" && v != "run")
+            throw ConfigError("'legacy_retry_copies' must be 'reject' or 'run', not '" + v + "'");
+        o.run_legacy_copies = v == "run";
+    }
     if (c.contains("max_attempts"))
         o.max_attempts = static_cast<int>(integer(c["max_attempts"], "max_attempts", 1, 1000));
     if (c.contains("requeue_cancelled"))
@@ -359,7 +365,7 @@ const std::set<std::string> kKeys = {
     "url", "urls", "host", "port", "vhost", "credentials", "tls", "sasl", "queue", "bindings",
     "prefetch", "heartbeat", "connect_timeout", "on_failure", "max_attempts", "requeue_cancelled",
     "dead_letter_exchange", "dead_letter_routing_key", "consumer_timeout", "reconnect_delay",
-    "reconnect_delay_max", "retry_delays", "retry_secret_file", "envelope",
+    "reconnect_delay_max", "retry_delays", "retry_secret_file", "envelope", "legacy_retry_copies",
     // the 0.0.7 fedmsgrabbitmq looper's names
     "rabbitmq", "channel_queue", "routing_keys", "exchange"};
 

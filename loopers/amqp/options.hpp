@@ -80,6 +80,9 @@ struct Options {
     // The HMAC key of retry copies (retry.hpp); empty: $STATE_DIRECTORY's, made on first use.
     std::string retry_secret_file;
     std::optional<Envelope> envelope;
+    // legacy_retry_copies: run: retry copies of the looper before 0.2 (retry.hpp) run with the
+    // routing key and attempt count of their unsigned headers; false: they are rejected.
+    bool run_legacy_copies = false;
     bool requeue_cancelled = true;
     seconds consumer_timeout{30 * 60};
     seconds reconnect_delay{1};

@@ -148,14 +148,32 @@ std::optional<std::string> load_secret(const std::string& path, bool create, std
 
 Origin origin_of(const RetrySigner& signer, std::string_view queue, std::string_view exchange,
                  std::string_view routing_key, const nlohmann::json& properties,
-                 std::string_view body) {
+                 std::string_view body, bool run_legacy) {
     Origin o{std::string(routing_key), 0, false, {}};
+    const nlohmann::json* headers = nullptr;
+    if (auto h = properties.find("headers"); h != properties.end() && h->is_object()) headers = &*h;
+    if (exchange.empty() && routing_key == queue && headers) {
+        auto k = headers->find(kLegacyRoutingKeyHeader);
+        if (k != headers->end() && k->is_string()) {
+            if (!run_legacy) {
+                o.problem =
+                    "it looks like a retry copy of loopabull before 0.2 (for routing key '" +
+                    k->get<std::string>() + "', in its unsigned " + kLegacyRoutingKeyHeader +
+                    " header); set legacy_retry_copies: run to run such copies";
+                return o;
+            }
+            o.routing_key = k->get<std::string>();
+            auto a = headers->find(kAttemptsHeader);
+            bool counted =
+                a != headers->end() && a->is_number_integer() && *a >= 1 && *a <= 1000000;
+            o.attempts = counted ? a->get<int>() : 1;
+            return o;
+        }
+    }
     // Whatever else reached the queue came through a binding an operator made (or the default
     // exchange, by the queue's own name): the broker routed it by this routing key, which is
     // therefore what decides the playbook, whatever its headers say.
     if (exchange != retry_exchange(queue)) return o;
-    const nlohmann::json* headers = nullptr;
-    if (auto h = properties.find("headers"); h != properties.end() && h->is_object()) headers = &*h;
     const nlohmann::json* attempts = nullptr;
     const nlohmann::json* signature = nullptr;
     if (headers) {

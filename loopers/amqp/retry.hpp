@@ -21,6 +21,9 @@ namespace loopabull::amqp {
 // Headers of a retry copy: runs before this delivery (an integer), and the proof.
 inline constexpr const char* kAttemptsHeader = "x-loopabull-attempts";
 inline constexpr const char* kSignatureHeader = "x-loopabull-signature";
+// Retry copies of the looper before 0.2 were published to the default exchange under the queue's
+// name, unsigned, with the original routing key in this header (and kAttemptsHeader).
+inline constexpr const char* kLegacyRoutingKeyHeader = "x-loopabull-routing-key";
 
 // Secrets are at least this long (bytes of the file, a trailing newline not counted).
 inline constexpr std::size_t kMinSecret = 32;
@@ -77,8 +80,14 @@ struct Origin {
 // dead-letter exchange, which is our retry exchange); properties: properties_to_json's output.
 // Only deliveries through our retry exchange are looked at for a signature; a copy there without
 // a valid one is refused (someone published into loopabull's retry path).
+// A delivery shaped like a retry copy of the looper before 0.2 (default exchange, the queue's
+// name as routing key, a string kLegacyRoutingKeyHeader) would run under the queue's name,
+// answer unrouted and be acked: lost. Its headers are unsigned (any publisher to the default
+// exchange can write them), so it is refused (rejected: dead-lettered) unless run_legacy is
+// true, when it runs with that header's key and kAttemptsHeader's count (1 to 1,000,000; else
+// 1): an operator's choice for the upgrade, trusting whoever may publish to the default exchange.
 Origin origin_of(const RetrySigner& signer, std::string_view queue, std::string_view exchange,
                  std::string_view routing_key, const nlohmann::json& properties,
-                 std::string_view body);
+                 std::string_view body, bool run_legacy = false);
 
 } // namespace loopabull::amqp

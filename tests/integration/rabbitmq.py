@@ -45,11 +45,17 @@ def make_certificates(d):
 
 
 class RabbitMQ:
-    def __init__(self, tls=False, tls_port=None):
+    """address: the loopback address of the node's AMQP listener and, with own_address, the
+    source address of the distribution connections it opens (a netns test tells the node's
+    traffic apart by it). conf: more rabbitmq.conf lines."""
+
+    def __init__(self, tls=False, tls_port=None, address="127.0.0.1", own_address=False, conf=""):
         self.dir = Path(tempfile.mkdtemp(prefix="loopabull-rabbit-"))
         self.name = f"loopabull{os.getpid()}x{free_port()}@localhost"
+        self.address = address
         self.port = free_port()
-        conf = "listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n" % self.port
+        self.dist_port = free_port()
+        conf = f"listeners.tcp.default = {address}:{self.port}\nloopback_users = none\n{conf}"
         plugins = "[]."
         self.tls_port = None
         if tls:
@@ -67,6 +73,13 @@ class RabbitMQ:
                 "ssl_cert_login_from = common_name", ""])
             plugins = "[rabbitmq_auth_mechanism_ssl]."
         (self.dir / "rabbitmq.conf").write_text(conf)
+        advanced = "[]."
+        if own_address:
+            # inet_dist_connect_options is passed to gen_tcp:connect for every distribution
+            # connection this node opens (Erlang's kernel(6)): {ip, A} binds its source address.
+            ip = ",".join(address.split("."))
+            advanced = f"[{{kernel, [{{inet_dist_connect_options, [{{ip, {{{ip}}}}}]}}]}}]."
+        (self.dir / "advanced.config").write_text(advanced + "\n")
         (self.dir / "enabled_plugins").write_text(plugins + "\n")
         (self.dir / "mnesia").mkdir()
         (self.dir / "log").mkdir()
@@ -76,12 +89,13 @@ class RabbitMQ:
                 os.chown(n, pw.pw_uid, pw.pw_gid)
         self.env = {**os.environ,
                     "RABBITMQ_NODENAME": self.name,
-                    "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                    "RABBITMQ_NODE_IP_ADDRESS": address,
                     "RABBITMQ_NODE_PORT": str(self.port),
-                    "RABBITMQ_DIST_PORT": str(free_port()),
+                    "RABBITMQ_DIST_PORT": str(self.dist_port),
                     "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
                     "RABBITMQ_LOG_BASE": str(self.dir / "log"),
                     "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+                    "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.dir / "advanced.config"),
                     "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins")}
         self.proc = None
         self.start()
@@ -145,10 +159,10 @@ class RabbitMQ:
         return "".join(p.read_text(errors="replace") for p in (self.dir / "log").glob("*.log"))
 
     def url(self):
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return f"amqp://guest:guest@{self.address}:{self.port}/%2F"
 
     def connection(self):
-        return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port))
+        return pika.BlockingConnection(pika.ConnectionParameters(self.address, self.port))
 
     def queue_counts(self, queue):
         """(ready, unacknowledged) for a queue, or None when it does not exist."""
@@ -196,11 +210,16 @@ class Cluster:
     one Erlang cookie (every node runs as the rabbitmq user, whose home holds it). The first
     node is the one the others join."""
 
-    def __init__(self, size=3):
+    def __init__(self, size=3, **kwargs):
+        """kwargs: RabbitMQ's, for every node; address="own" gives node i the address
+        127.0.0.(2+i) and binds its distribution connections to it (a network namespace of the
+        test's own: see NetNamespace)."""
         self.nodes = []
+        own = kwargs.pop("address", None) == "own"
         try:
-            for _ in range(size):
-                self.nodes.append(RabbitMQ())
+            for i in range(size):
+                self.nodes.append(RabbitMQ(**kwargs, **({"address": f"127.0.0.{2 + i}",
+                                                          "own_address": True} if own else {})))
             for node in self.nodes[1:]:
                 node.ctl("stop_app")
                 node.ctl("join_cluster", self.nodes[0].name)

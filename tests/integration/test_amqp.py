@@ -405,10 +405,15 @@ def test_forged_headers_choose_neither_the_playbook_nor_the_attempt_count(tmp_pa
                        headers={**forged, "x-loopabull-attempts": 1},
                        exchange="forged.loopabull-retry")
         # Through the default exchange the routing key is the queue's name, headers or not.
-        broker.publish("forged", [b'{"n": 1}'], message_ids=["via-default"], headers=forged,
-                       exchange="")
-        wait_until(lambda: broker.queue_counts("forged-dead") == (2, 0), 60,
-                   what="the binding's message (after 3 runs) and the forged copy to be "
+        broker.publish("forged", [b'{"n": 1}'], message_ids=["via-default"], exchange="",
+                       headers={k: v for k, v in forged.items()
+                                if k != "x-loopabull-routing-key"})
+        # Through the default exchange by the queue's name with x-loopabull-routing-key, it has
+        # the shape of a retry copy of the looper before 0.2: refused (dead-lettered).
+        broker.publish("forged", [b'{"n": 2}'], message_ids=["via-default-legacy"],
+                       headers=forged, exchange="")
+        wait_until(lambda: broker.queue_counts("forged-dead") == (3, 0), 60,
+                   what="the binding's message (after 3 runs) and the forged copies to be "
                         "dead-lettered")
         wait_until(lambda: [r for r in records(record) if r["id"] == "via-default"
                             and r["stage"] == "done"], 30, what="the default-exchange message")
@@ -418,11 +423,49 @@ def test_forged_headers_choose_neither_the_playbook_nor_the_attempt_count(tmp_pa
             [("via-binding", "amqp.harmless")] * 3  # counted from 0, not from 99
         assert [(r["id"], r["key"]) for r in runs if r["id"] == "via-default"] == \
             [("via-default", "forged")]
-        assert not [r for r in runs if r["key"] == "amqp.dangerous" or r["id"] == "via-retry"]
+        assert not [r for r in runs if r["key"] == "amqp.dangerous"
+                    or r["id"] in ("via-retry", "via-default-legacy")]
         dead = sorted(dead_letters(broker, "forged-dead"))
         assert [(k, i) for k, i, _ in dead] == [("amqp.dangerous", "via-retry"),
-                                                ("amqp.harmless", "via-binding")]
+                                                ("amqp.harmless", "via-binding"),
+                                                ("forged", "via-default-legacy")]
         assert "without a valid x-loopabull-signature" in sup.log
+
+
+def test_retry_copies_of_the_looper_before_0_2_are_not_lost_after_an_upgrade(tmp_path, broker):
+    """The looper before 0.2 published its retry copies to the default exchange under the
+    queue's name, unsigned, with the original key in x-loopabull-routing-key (commit 4697837^,
+    loopers/amqp/broker.cpp: publish_copy). After an upgrade such a copy ran under the queue's
+    name, was answered unrouted and acked: lost. Now it is dead-lettered with a reason; with
+    legacy_retry_copies: run it runs under its header's key and keeps its attempt count."""
+    broker.declare_dead_letter("oldcopies-dlx", "oldcopies-dead")
+    script, record = setup_dir(tmp_path, ["amqp.ok", "amqp.fail"])
+    cfg = amqp_config(tmp_path, broker, "oldcopies", script, max_attempts=3,
+                      dead_letter_exchange="oldcopies-dlx", retry_secret_file=secret_file(tmp_path))
+
+    def old_copy(key, attempts, body, mid):
+        broker.publish("oldcopies", [body], message_ids=[mid], exchange="", headers={
+            "x-loopabull-attempts": attempts, "x-loopabull-routing-key": key})
+    with supervising(tmp_path, cfg) as sup:
+        sup.wait_log("consuming queue 'oldcopies'")
+        old_copy("amqp.ok", 1, b"{}", "old-1")
+        wait_until(lambda: broker.queue_counts("oldcopies-dead") == (1, 0), 60,
+                   what="the old copy to be dead-lettered")
+        assert "legacy_retry_copies: run" in sup.log
+        assert "unrouted" not in sup.log
+    assert records(record) == []
+    cfg["loopers"][0]["config"]["legacy_retry_copies"] = "run"
+    with supervising(tmp_path, cfg) as sup:
+        sup.wait_log("consuming queue 'oldcopies'")
+        old_copy("amqp.ok", 1, b"{}", "old-2")
+        old_copy("amqp.fail", 2, b'{"fail": true}', "old-3")  # its third and last attempt
+        wait_until(lambda: broker.queue_counts("oldcopies-dead") == (2, 0), 60,
+                   what="the failing old copy to be dead-lettered after one more run")
+        wait_until(lambda: [r for r in records(record) if r["id"] == "old-2"
+                            and r["stage"] == "done"], 30, what="the old copy to run")
+        wait_empty(broker, "oldcopies")
+    runs = [(r["id"], r["key"], r["stage"]) for r in records(record) if r["stage"] != "start"]
+    assert sorted(runs) == [("old-2", "amqp.ok", "done"), ("old-3", "amqp.fail", "failed")]
 
 
 def test_retry_delays_are_kept_by_the_broker_across_restarts(tmp_path, broker):

@@ -290,6 +290,32 @@ TEST(AmqpRetry, OnlySignedCopiesThroughTheRetryExchangeAreBelieved) {
     EXPECT_THROW(RetrySigner("short"), std::invalid_argument);
 }
 
+// Issue 19: a retry copy the looper before 0.2 left in the queue (default exchange, the queue's
+// name as key, the original key in an unsigned header) would run under the queue's name and be
+// acked as unrouted. Refused (dead-lettered) by default; run by the header with the option.
+TEST(AmqpRetry, CopiesOfTheLooperBefore02AreRefusedOrRunByTheirHeader) {
+    RetrySigner s(kKey);
+    json old = {{"headers", {{kLegacyRoutingKeyHeader, "ops.a"}, {kAttemptsHeader, 2}}}};
+    auto o = origin_of(s, "q", "", "q", old, "{}");
+    EXPECT_NE(o.problem.find("legacy_retry_copies: run"), std::string::npos) << o.problem;
+    o = origin_of(s, "q", "", "q", old, "{}", true);
+    EXPECT_TRUE(o.problem.empty()) << o.problem;
+    EXPECT_EQ(o.routing_key, "ops.a");
+    EXPECT_EQ(o.attempts, 2);
+    old["headers"][kAttemptsHeader] = 99999999; // out of range: counted as one run before
+    EXPECT_EQ(origin_of(s, "q", "", "q", old, "{}", true).attempts, 1);
+    // Only that shape: through a binding, or by another queue's name, the header means nothing.
+    o = origin_of(s, "q", "amq.topic", "q", old, "{}", true);
+    EXPECT_EQ(o.routing_key, "q");
+    EXPECT_TRUE(o.problem.empty());
+    o = origin_of(s, "q", "", "other", old, "{}");
+    EXPECT_EQ(o.routing_key, "other");
+    EXPECT_TRUE(o.problem.empty());
+    EXPECT_TRUE(parse({{"queue", "q"}, {"legacy_retry_copies", "run"}}).run_legacy_copies);
+    EXPECT_FALSE(parse({{"queue", "q"}}).run_legacy_copies);
+    EXPECT_THROW(parse({{"queue", "q"}, {"legacy_retry_copies", "yes"}}), ConfigError);
+}
+
 TEST(AmqpRetry, SignatureIsHmacSha256) {
     // The same primitive as GitHub's webhook test vector (FIELD-NOTES §9), to know it is HMAC.
     RetrySigner s("It's a Secret to Everybody and more than 32 bytes");
