@@ -681,9 +681,12 @@ def plot(results, path):
               if "curve_jobs_per_s" in results.get(k, {})]
     lat = {k[len("latency_"):-3]: v for k, v in results.get("event_path", {}).items()
            if k.startswith("latency_")}
-    if not panels and not lat:
+    warm = results.get("warm", {})
+    warm = warm if "time_per_job_warm_s" in warm else None
+    if not panels and not lat and not warm:
         return
-    fig, axes = plt.subplots(1, len(panels) + (1 if lat else 0), figsize=(5 * (len(panels) + 1), 4))
+    count = len(panels) + (1 if lat else 0) + (1 if warm else 0)
+    fig, axes = plt.subplots(1, count, figsize=(5 * max(count, 2), 4))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     titles = {"direct": "direct executor, /bin/true", "ansible": "real ansible-playbook",
               "scope": "scope executor, /bin/true"}
@@ -701,6 +704,16 @@ def plot(results, path):
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
+    if warm:
+        # The warm runner (issue 15): seconds per job of the trivial playbook, serial.
+        ax = axes[len(panels)]
+        rows = [("cold", warm["time_per_job_cold_s"]), ("warm", warm["time_per_job_warm_s"])]
+        ax.bar([n for n, _ in rows], [r["median"] for _, r in rows],
+               yerr=[[r["median"] - r["min"] for _, r in rows],
+                     [r["max"] - r["median"] for _, r in rows]], capsize=3)
+        ax.set_title("trivial playbook, serial: time per job")
+        ax.set_ylabel("seconds (median, min..max)")
+        ax.grid(alpha=0.3, axis="y")
     if lat:
         floor = {k[len("echo_latency_"):-3]: v for k, v in results["event_path"].items()
                  if k.startswith("echo_latency_")}

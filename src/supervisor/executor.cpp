@@ -136,6 +136,14 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
         s.journal_header = &header;
     }
     bool direct = !scope_ && !cg;
+    if (direct) {
+        // Orphans of the job stay below its first process, which outlives a killed supervisor
+        // (no death signal), so that the next start finds the whole tree from its record. A
+        // warm job's first process too: with a death signal it would die with its runner,
+        // and what it started would leave for init, out of every record's reach.
+        s.subreaper = true;
+        s.death_signal = 0;
+    }
     // The warm runner forks the job (supervisor/warm.hpp). In a cgroup its child waits at a gate
     // until it has been moved there, as a scope's child waits for its scope.
     std::optional<Spawned> warm;
@@ -160,17 +168,7 @@ std::optional<std::string> Executor::start(const JobSpec& spec) {
             }
         }
     }
-    if (!warm) {
-        if (cg) {
-            s.cgroup_fd = cg->fd.get();
-        } else if (direct) {
-            // Orphans of the job stay below its first process, which outlives a killed
-            // supervisor (no death signal) so that the next start finds the whole tree from its
-            // record.
-            s.subreaper = true;
-            s.death_signal = 0;
-        }
-    }
+    if (!warm && cg) s.cgroup_fd = cg->fd.get();
     auto child = warm ? std::move(*warm) : spawn(s);
     if (child.pid < 0) {
         if (cg) CgroupTree::remove(cg->dir);
@@ -294,7 +292,11 @@ void Executor::warm_exited(JobId id, const siginfo_t& si, const std::string& fai
     if (it == runs_.end()) return;
     auto& run = *it->second;
     if (!failure.empty()) {
-        kill(-run.pid, SIGKILL); // what the job started outlives its runner's death signal
+        // The runner died while the job ran. With a death signal the job's first process died
+        // with it, what it started did not; without (direct), the first process still runs, a
+        // child of ours now (we are a subreaper): its whole tree goes.
+        kill(-run.pid, SIGKILL);
+        if (run.recorded) signal_tree(run.pid, SIGKILL, true);
         run.failure = failure;
     }
     finish(run, si);

@@ -14,8 +14,11 @@ SOCK_SEQPACKET socket; one message is one datagram, fields separated by NUL byte
                             replace me (I take no more jobs)
     exited  ID WAITSTATUS   as waitpid(2) gives it
   supervisor -> runner
-    run ID GATE JOURNAL_HEADER ARGC ARGV... ENV...
-                            + descriptors: stdin, stdout, stderr, and the gate when GATE is 1
+    run ID GATE DEATHSIG JOURNAL_HEADER ARGC ARGV... ENV...
+                            + descriptors: stdin, stdout, stderr, and the gate when GATE is 1;
+                            DEATHSIG: the child's parent-death signal, 0 for none (the
+                            direct executor's jobs outlive a killed supervisor, so that its
+                            next start finds their whole tree from its process records)
     (end of file)           take no more jobs; exit once the running ones have been reported
 
 Importing ansible costs about 0.35 s of CPU, nearly all of a trivial playbook's run; a fork of
@@ -212,21 +215,25 @@ def child(sock, pidfds, sync_w, fields, fds, playbook_main, C, handlers, umask, 
         for fd in pidfds:
             os.close(fd)
         os.setsid()
-        # Like a cold run's death signal: the job does not outlive the runner (nor, since the
-        # runner has the same death signal, the supervisor).
+        # Like a cold run's death signal: with one, the job does not outlive the runner (nor,
+        # since the runner has SIGKILL as its own, the supervisor). Without (the direct
+        # executor), it outlives both and holds its tree below it until the supervisor, or its
+        # next start, kills it (src/supervisor/proc-tree.hpp).
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        death_signal = int(fields[3])
+        if death_signal:
+            libc.prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
         # As a cold direct job's first process: what the playbook orphans stays below it, so
         # that a timeout or cancel reaches the whole tree (prctl(2) PR_SET_CHILD_SUBREAPER).
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         os.write(sync_w, b"x")
         os.close(sync_w)
-        if os.getppid() != zygote:
+        if death_signal and os.getppid() != zygote:
             os._exit(127)
-        gate_flag, header = fields[2], fields[3]
-        argc = int(fields[4])
-        argv = [os.fsdecode(a) for a in fields[5:5 + argc]]
-        env = [os.fsdecode(e) for e in fields[5 + argc:]]
+        gate_flag, header = fields[2], fields[4]
+        argc = int(fields[5])
+        argv = [os.fsdecode(a) for a in fields[6:6 + argc]]
+        env = [os.fsdecode(e) for e in fields[6 + argc:]]
         gate = fds[3] if gate_flag == b"1" else -1
         for i in range(3):
             os.dup2(fds[i], i)

@@ -87,8 +87,9 @@ std::string lookup_path(const std::string& name, const std::vector<std::string>&
 
 WarmPlan plan_warm(const std::vector<std::string>& cmd, const std::string& runner,
                    const std::vector<std::string>& env) {
-    if (cmd.size() != 1)
-        return {{}, "playbook_cmd has arguments of its own; loopabull cannot know what they do"};
+    if (cmd.empty()) return {{}, "playbook_cmd is empty"};
+    // Arguments after ansible-playbook (--check, --diff, -v) are its own options: they reach its
+    // CLI in every job's argv, warm or cold, and are parsed there the same way.
     const std::string& script = cmd[0];
     auto slash = script.rfind('/');
     auto base = slash == std::string::npos ? script : script.substr(slash + 1);
@@ -451,7 +452,7 @@ std::optional<Spawned> WarmRunner::spawn(const SpawnSpec& spec, JobId id) {
         start();
         return std::nullopt;
     }
-    // run ID GATE JOURNAL_HEADER ARGC ARGV... ENV...
+    // run ID GATE DEATHSIG JOURNAL_HEADER ARGC ARGV... ENV...
     std::string msg = "run";
     auto add = [&msg](std::string_view field) {
         msg.push_back('\0');
@@ -459,6 +460,7 @@ std::optional<Spawned> WarmRunner::spawn(const SpawnSpec& spec, JobId id) {
     };
     add(std::to_string(id));
     add(spec.wait_fd >= 0 ? "1" : "0");
+    add(std::to_string(spec.death_signal));
     add(spec.journal_header ? *spec.journal_header : std::string());
     add(std::to_string(spec.argv.size()));
     for (auto& a : spec.argv)

@@ -39,9 +39,10 @@ struct WarmPlan {
     std::string reason;               // set when command is empty
 };
 
-// playbook_cmd must be exactly one path whose file name is ansible-playbook and whose content is
+// playbook_cmd[0] must be a path whose file name is ansible-playbook and whose content is
 // ansible's own entry point (`from ansible.cli.playbook import main`): for anything else
-// (rbac-playbook, a wrapper script) loopabull cannot know what the command does. The
+// (rbac-playbook, a wrapper script) loopabull cannot know what the command does. Further
+// elements are ansible-playbook's own options (--check): each job passes them to its CLI. The
 // interpreter is the one its `#!` line names (through env(1) looked up in env's PATH), as the
 // kernel would run it (binfmt_script: one optional argument). runner: the warm-runner program.
 WarmPlan plan_warm(const std::vector<std::string>& playbook_cmd, const std::string& runner,
@@ -78,8 +79,10 @@ class WarmRunner {
     void retire();
 
     // Starts the job in a child of the runner: spec's argv, env, standard streams, wait_fd
-    // (the gate: the child waits for one byte on it before running anything) and
-    // journal_header are honoured; spec.sandbox is the runner's. Blocks until the runner has
+    // (the gate: the child waits for one byte on it before running anything), journal_header
+    // and death_signal (the child's parent-death signal: 0 lets it outlive the runner and the
+    // supervisor, as a cold direct job does) are honoured; spec.sandbox is the runner's, and
+    // the child is always a child subreaper (spec.subreaper). Blocks until the runner has
     // answered (a few milliseconds; kWarmAnswerTimeout at most, after which the runner is
     // considered hung, killed and restarted with backoff). nullopt: start the job cold (the
     // runner is off, starting, down, stale, or the job's environment differs); the reason is

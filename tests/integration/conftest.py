@@ -6,6 +6,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import subprocess
 from pathlib import Path
@@ -189,3 +190,55 @@ def base_config(workdir, loopers, **over):
 
 
 needs_ansible = pytest.mark.skipif(ANSIBLE is None, reason="ansible-playbook (Debian's ansible-core) is not installed")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sshd_unavailable():
+    """Why the test sshd cannot run here, or None."""
+    if not os.path.exists("/usr/sbin/sshd"):
+        return "openssh-server is not installed (tools/setup-deps installs it)"
+    if os.geteuid() != 0:
+        return "the private sshd needs root to accept logins"
+    return None
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A private sshd on a loopback port of its own, with its keys and configuration in the
+    test's directory, that lets root in with a fresh key (Debian's openssh-server). Yields
+    port, key (the client's private key) and user; the inventory line for it is
+    sshd["inventory"] (known hosts and multiplexing off, so that runs do not share state)."""
+    reason = sshd_unavailable()
+    if reason:
+        pytest.skip(reason)
+    d = tmp_path / "sshd"
+    d.mkdir()
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
+                       check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nPermitRootLogin prohibit-password\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+    with open(d / "log", "w") as log:
+        proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+                                stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, what="sshd")
+        inventory = (f"target ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
+                     f"ansible_connection=ssh ansible_ssh_private_key_file={d / 'client_key'} "
+                     "ansible_ssh_args='-o ControlMaster=no' ansible_ssh_common_args='-o "
+                     "StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'")
+        yield {"port": port, "key": str(d / "client_key"), "user": "root",
+               "inventory": inventory}
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -121,39 +121,6 @@ def test_profile_adds_and_removes_syscalls(workdir):
         assert needed in dnames
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def sshd(tmp_path):
-    """A private sshd on loopback that lets this user in with a fresh key."""
-    sshd_bin = "/usr/sbin/sshd"
-    if not os.path.exists(sshd_bin):
-        pytest.skip("openssh-server is not installed (tools/setup-deps installs it)")
-    d = tmp_path / "sshd"
-    d.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'pid'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
-        "PasswordAuthentication no\nPermitRootLogin prohibit-password\n")
-    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "w"))
-    import socket
-    wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, what="sshd")
-    yield {"port": port, "key": str(d / "client_key"), "user": os.environ.get("USER") or "root"}
-    proc.terminate()
-    proc.wait(10)
-
-
 @needs_ansible
 @pytest.mark.skipif(os.geteuid() != 0, reason="the private sshd needs root to accept logins")
 @pytest.mark.parametrize("deny,result", [([], "succeeded"), (["connect"], "failed")],
