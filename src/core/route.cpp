@@ -116,10 +116,13 @@ std::optional<Route> read_route(const YAML::Node& node, std::size_t index,
             r.name = v.Scalar();
     }
     if (auto v = node["keys"]) {
-        if (auto k = patterns(v, "keys", errors))
+        if (auto k = patterns(v, "keys", errors)) {
             r.keys = std::move(*k);
-        else
+            for (const auto& p : r.keys)
+                r.key_patterns.emplace_back(p);
+        } else {
             ok = false;
+        }
     } else {
         errors(node, "route '" + r.name + "' has no 'keys' (use [all] for every key)");
         ok = false;
@@ -217,8 +220,12 @@ std::optional<std::string> ValueSource::value(std::string_view key, const json& 
 }
 
 bool Route::takes_key(std::string_view key) const {
-    return std::any_of(keys.begin(), keys.end(),
-                       [&](const std::string& p) { return routing_pattern_matches(p, key); });
+    return takes_key(key, RoutingWords(key));
+}
+
+bool Route::takes_key(std::string_view key, const RoutingWords& key_words) const {
+    return std::any_of(key_patterns.begin(), key_patterns.end(),
+                       [&](const RoutingPattern& p) { return p.matches(key, key_words); });
 }
 
 bool Route::takes_looper(std::string_view looper) const {
@@ -277,11 +284,12 @@ RouteChoice choose_route(const std::vector<Route>& routes, std::string_view key,
                          std::string_view looper, const json& body, bool want_verdicts) {
     RouteChoice choice;
     std::optional<std::size_t> best_held;
+    const RoutingWords key_words(key);
     for (std::size_t i = 0; i < routes.size(); ++i) {
         const Route& r = routes[i];
         RouteVerdict v;
         v.index = i;
-        if (!r.takes_key(key)) {
+        if (!r.takes_key(key, key_words)) {
             v.outcome = RouteVerdict::Outcome::key;
         } else if (!r.takes_looper(looper)) {
             v.outcome = RouteVerdict::Outcome::looper;

@@ -40,6 +40,7 @@ struct Throttle {
 struct Route {
     std::string name;                     // as configured, or "#N" (1-based position)
     std::vector<std::string> keys;        // routing keys or AMQP patterns, as routing_keys
+    std::vector<RoutingPattern> key_patterns; // the same, split once when read (matching)
     std::vector<std::string> loopers;     // empty: every looper
     std::vector<Condition> when;          // all must hold
     std::optional<std::string> playbook;  // relative to playbooks_dir; default: the key's layout
@@ -49,6 +50,8 @@ struct Route {
     int line = 0; // where it was configured, for messages
 
     bool takes_key(std::string_view key) const;
+    // key_words: RoutingWords(key), split once for all routes.
+    bool takes_key(std::string_view key, const RoutingWords& key_words) const;
     // An empty looper (explain without --looper) passes every looper filter.
     bool takes_looper(std::string_view looper) const;
 };

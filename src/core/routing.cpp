@@ -10,9 +10,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 namespace loopabull {
 
@@ -64,23 +66,40 @@ std::optional<std::string> grammar_error(std::string_view s, bool wildcards) {
     return std::nullopt;
 }
 
-// failed[i * (k.size() + 1) + j] remembers that pattern words from i cannot match key words from
-// j: without it, a pattern of many '#' ("#.#.#.#.x", found by fuzzing) against a long key that
-// does not match takes exponential time, and stalls the supervisor's one thread.
-bool match_words(const std::vector<std::string_view>& p, std::size_t i,
-                 const std::vector<std::string_view>& k, std::size_t j, std::vector<bool>& failed) {
-    std::size_t state = i * (k.size() + 1) + j;
-    if (failed[state]) return false;
-    for (; i < p.size(); ++i, ++j) {
-        if (p[i] == "#") {
-            for (std::size_t skip = j; skip <= k.size(); ++skip)
-                if (match_words(p, i + 1, k, skip, failed)) return true;
-            failed[state] = true;
-            return false;
-        }
-        if (j >= k.size() || (p[i] != "*" && p[i] != k[j])) return false;
+// Dynamic programming over the pattern's words: reach[j] says that the pattern's words so far can
+// match the key's first j words. O(pattern words x key words) whatever the input: a recursive
+// matcher takes exponential time on many '#' ("#.#.#.#.x", found by fuzzing) against a long key
+// that does not match, and would stall the supervisor's one thread.
+template <class Pattern> bool match_words(const Pattern& p, const RoutingWords& k) {
+    const std::size_t n = k.size();
+    std::array<bool, RoutingWords::kStackWords + 1> stack_reach{};
+    bool* reach = stack_reach.data();
+    std::unique_ptr<bool[]> big;
+    if (n > RoutingWords::kStackWords) {
+        big = std::make_unique<bool[]>(n + 1);
+        reach = big.get();
     }
-    return j == k.size();
+    std::fill(reach, reach + n + 1, false);
+    reach[0] = true;
+    for (std::size_t i = 0; i < p.size(); ++i) {
+        bool any = false;
+        if (p[i] == "#") { // zero or more words: reachable from any earlier position
+            bool acc = false;
+            for (std::size_t j = 0; j <= n; ++j) {
+                acc = acc || reach[j];
+                reach[j] = acc;
+            }
+            any = acc;
+        } else { // one word: '*' or exactly this one
+            for (std::size_t j = n; j > 0; --j) {
+                reach[j] = reach[j - 1] && (p[i] == "*" || p[i] == k[j - 1]);
+                any = any || reach[j];
+            }
+            reach[0] = false;
+        }
+        if (!any) return false;
+    }
+    return reach[n];
 }
 
 long openat2_beneath(int dirfd, const std::string& rel) {
@@ -104,9 +123,36 @@ std::optional<std::string> routing_pattern_error(std::string_view pattern) {
 bool routing_pattern_matches(std::string_view pattern, std::string_view key) {
     if (pattern == "all") return true;
     if (pattern.find_first_of("*#") == std::string_view::npos) return pattern == key;
-    auto p = split_words(pattern), k = split_words(key);
-    std::vector<bool> failed((p.size() + 1) * (k.size() + 1));
-    return match_words(p, 0, k, 0, failed);
+    return match_words(RoutingWords(pattern), RoutingWords(key));
+}
+
+RoutingWords::RoutingWords(std::string_view s) {
+    std::size_t n = static_cast<std::size_t>(std::count(s.begin(), s.end(), '.')) + 1;
+    if (n > kStackWords) {
+        heap_.resize(n);
+        data_ = heap_.data();
+    }
+    std::size_t pos = 0;
+    while (true) {
+        auto dot = s.find('.', pos);
+        data_[size_++] = s.substr(pos, dot == std::string_view::npos ? dot : dot - pos);
+        if (dot == std::string_view::npos) break;
+        pos = dot + 1;
+    }
+}
+
+RoutingPattern::RoutingPattern(std::string_view pattern)
+    : all_(pattern == "all"), literal_(pattern.find_first_of("*#") == std::string_view::npos),
+      text_(pattern) {
+    RoutingWords w(pattern);
+    for (std::size_t i = 0; i < w.size(); ++i)
+        words_.emplace_back(w[i]);
+}
+
+bool RoutingPattern::matches(std::string_view key, const RoutingWords& key_words) const {
+    if (all_) return true;
+    if (literal_) return text_ == key;
+    return match_words(words_, key_words);
 }
 
 RoutingFilter::RoutingFilter(std::vector<std::string> patterns) : patterns_(std::move(patterns)) {

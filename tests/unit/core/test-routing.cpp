@@ -10,7 +10,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <random>
+#include <set>
 #include <string>
+#include <vector>
 
 using namespace loopabull;
 using namespace std::string_literals;
@@ -167,6 +170,55 @@ TEST(RoutingPattern, ManyHashesMatchInPolynomialTime) {
     EXPECT_TRUE(routing_pattern_matches(pattern + "a", key));
     EXPECT_TRUE(routing_pattern_matches(pattern + "#", key));
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+}
+
+namespace {
+
+// AMQP topic matching as a set of reachable key positions (as tests/fuzz/fuzz-routing checks).
+bool reference_match(const std::vector<std::string>& p, const std::vector<std::string>& k) {
+    std::set<std::size_t> at{0};
+    for (auto& w : p) {
+        std::set<std::size_t> next;
+        for (auto j : at) {
+            if (w == "#")
+                for (auto s = j; s <= k.size(); ++s)
+                    next.insert(s);
+            else if (j < k.size() && (w == "*" || w == k[j]))
+                next.insert(j + 1);
+        }
+        at = std::move(next);
+    }
+    return at.count(k.size()) > 0;
+}
+
+std::string join(const std::vector<std::string>& words) {
+    std::string s;
+    for (auto& w : words)
+        s += (s.empty() ? "" : ".") + w;
+    return s;
+}
+
+} // namespace
+
+// The matcher splits up to 16 words on the stack and longer keys and patterns on the heap: both
+// agree with the reference on random pairs of up to 40 words over a small alphabet.
+TEST(RoutingPattern, AgreesWithAReferenceMatcherShortAndLong) {
+    std::mt19937 rng(14);
+    const char* words[] = {"a", "b", "*", "#"};
+    int matched = 0;
+    for (int round = 0; round < 20000; ++round) {
+        std::size_t np = 1 + rng() % (round % 2 ? 40 : 6), nk = 1 + rng() % (round % 2 ? 40 : 6);
+        std::vector<std::string> p, k;
+        for (std::size_t i = 0; i < np; ++i)
+            p.push_back(words[rng() % 4]);
+        for (std::size_t i = 0; i < nk; ++i)
+            k.push_back(words[rng() % 2]);
+        bool expected = reference_match(p, k);
+        matched += expected;
+        ASSERT_EQ(routing_pattern_matches(join(p), join(k)), expected)
+            << join(p) << " against " << join(k);
+    }
+    EXPECT_GT(matched, 1000);
 }
 
 TEST(RoutingFilter, SelectsKeysMatchingAnyPattern) {
