@@ -53,36 +53,27 @@ bool selects(const std::vector<std::string>& patterns, std::string_view key) {
 Dispatch dispatch(const Config& config, std::string_view key, std::string_view looper,
                   const json& body, const PlaybookResolver& resolve, bool want_verdicts) {
     Dispatch d;
-    auto refuse = [&](Dispatch::Verdict v, Result r, std::string reason) {
+    auto refuse = [&](Dispatch::Verdict v, Result r, std::string reason = {}) {
         d.verdict = v;
         d.result = r;
-        d.reason = std::move(reason);
+        d.fixed_reason_ = std::move(reason);
         return std::move(d);
     };
+    // Refusals carry no sentence: reason() writes it when someone reads it.
     if (!selects(config.routing_keys, key))
-        return refuse(Dispatch::Verdict::not_selected, Result::unrouted,
-                      "routing_keys does not select '" + std::string(key) + "'");
+        return refuse(Dispatch::Verdict::not_selected, Result::unrouted);
     if (!looper.empty()) {
         auto lc = std::find_if(config.loopers.begin(), config.loopers.end(),
                                [&](const LooperConfig& l) { return l.name == looper; });
         if (lc != config.loopers.end() && lc->routing_keys && !selects(*lc->routing_keys, key))
-            return refuse(Dispatch::Verdict::not_allowed, Result::rejected,
-                          "looper '" + std::string(looper) + "' may not send routing key '" +
-                              std::string(key) + "' (its routing_keys allowlist)");
+            return refuse(Dispatch::Verdict::not_allowed, Result::rejected);
     }
     std::string relative;
     if (!config.routes.empty()) {
         d.choice = choose_route(config.routes, key, looper, body, want_verdicts);
         if (!d.choice.route) {
-            std::string reason = "no route takes it";
-            if (d.choice.closest) {
-                const Route& c = config.routes[*d.choice.closest];
-                reason +=
-                    "; closest: route '" + c.name + "' (" + std::to_string(d.choice.closest_held) +
-                    " of " + std::to_string(c.when.size()) +
-                    " conditions held; failed: " + c.when[d.choice.closest_failed].describe() + ")";
-            }
-            return refuse(Dispatch::Verdict::no_route, Result::unrouted, std::move(reason));
+            if (d.choice.closest) d.closest_ = &config.routes[*d.choice.closest];
+            return refuse(Dispatch::Verdict::no_route, Result::unrouted);
         }
         const Route& r = *d.choice.route;
         relative = r.playbook ? *r.playbook : playbook_relative_path(key, config.ansible.layout);
@@ -92,14 +83,11 @@ Dispatch dispatch(const Config& config, std::string_view key, std::string_view l
     d.playbook = resolve(relative);
     using S = PlaybookLookup::Status;
     if (d.playbook.status == S::missing)
-        return refuse(Dispatch::Verdict::no_playbook, Result::unrouted,
-                      "no playbook " + d.playbook.path);
+        return refuse(Dispatch::Verdict::no_playbook, Result::unrouted);
     if (d.playbook.status == S::error) // playbooks_dir unreadable, say: retryable
-        return refuse(Dispatch::Verdict::lookup_failed, Result::failed,
-                      "cannot open playbook " + d.playbook.path + ": " + d.playbook.detail);
+        return refuse(Dispatch::Verdict::lookup_failed, Result::failed);
     if (d.playbook.status != S::found)
-        return refuse(Dispatch::Verdict::bad_playbook, Result::rejected,
-                      "playbook " + d.playbook.path + " " + d.playbook.detail);
+        return refuse(Dispatch::Verdict::bad_playbook, Result::rejected);
     if (!config.ansible.event_variable && body.is_object()) {
         // The top-level form: a key Ansible gives meaning to would steer the play.
         for (auto& [name, value] : body.items())
@@ -118,6 +106,36 @@ Dispatch dispatch(const Config& config, std::string_view key, std::string_view l
         }
     }
     return d;
+}
+
+std::string Dispatch::reason(std::string_view key, std::string_view looper) const {
+    switch (verdict) {
+    case Verdict::run:
+        return {};
+    case Verdict::not_selected:
+        return "routing_keys does not select '" + std::string(key) + "'";
+    case Verdict::not_allowed:
+        return "looper '" + std::string(looper) + "' may not send routing key '" +
+               std::string(key) + "' (its routing_keys allowlist)";
+    case Verdict::no_route: {
+        std::string reason = "no route takes it";
+        if (closest_)
+            reason += "; closest: route '" + closest_->name + "' (" +
+                      std::to_string(choice.closest_held) + " of " +
+                      std::to_string(closest_->when.size()) + " conditions held; failed: " +
+                      closest_->when[choice.closest_failed].describe() + ")";
+        return reason;
+    }
+    case Verdict::no_playbook:
+        return "no playbook " + playbook.path;
+    case Verdict::lookup_failed:
+        return "cannot open playbook " + playbook.path + ": " + playbook.detail;
+    case Verdict::bad_playbook:
+        return "playbook " + playbook.path + " " + playbook.detail;
+    case Verdict::bad_body:
+        return fixed_reason_;
+    }
+    return fixed_reason_;
 }
 
 Explanation explain(const Config& config, std::string_view key, std::string_view looper,
@@ -181,9 +199,10 @@ std::string Explanation::text(const Config& config) const {
     bool selected = d.verdict != Dispatch::Verdict::not_selected;
     out +=
         std::string("routing_keys: ") + (selected ? "selects" : "does NOT select") + " the key\n";
-    if (!selected) return out + "result: unrouted (" + d.reason + ")\n";
+    const std::string reason = d.reason(routing_key, looper);
+    if (!selected) return out + "result: unrouted (" + reason + ")\n";
     if (d.verdict == Dispatch::Verdict::not_allowed)
-        return out + "looper allowlist: REFUSED\nresult: rejected (" + d.reason + ")\n";
+        return out + "looper allowlist: REFUSED\nresult: rejected (" + reason + ")\n";
     if (config.routes.empty()) {
         out += "routes: none configured; the key's playbook by layout\n";
     } else {
@@ -195,16 +214,16 @@ std::string Explanation::text(const Config& config) const {
                    " later route(s) not consulted)\n";
     }
     if (d.verdict == Dispatch::Verdict::no_route)
-        return out + "result: unrouted (" + d.reason + ")\n";
+        return out + "result: unrouted (" + reason + ")\n";
     out += "playbook: " + d.playbook.path;
     if (d.verdict == Dispatch::Verdict::no_playbook)
-        return out + " (missing)\nresult: unrouted (" + d.reason + ")\n";
+        return out + " (missing)\nresult: unrouted (" + reason + ")\n";
     if (d.verdict == Dispatch::Verdict::bad_playbook)
         return out + " (REFUSED: " + d.playbook.detail + ")\nresult: rejected\n";
     if (d.verdict == Dispatch::Verdict::lookup_failed)
         return out + " (CANNOT OPEN: " + d.playbook.detail + ")\nresult: failed (retryable)\n";
     if (d.verdict == Dispatch::Verdict::bad_body)
-        return out + "\nresult: rejected (" + d.reason + ")\n";
+        return out + "\nresult: rejected (" + reason + ")\n";
     out += "\n";
     const Route* r = d.choice.route;
     if (r && r->serialize) {
@@ -252,7 +271,7 @@ json Explanation::to_json() const {
     j["result"] = would_run   ? json(nullptr)
                   : throttled ? json("throttled")
                               : json(std::string(to_string(d.result)));
-    if (!d.reason.empty()) j["reason"] = d.reason;
+    if (auto reason = d.reason(routing_key, looper); !reason.empty()) j["reason"] = reason;
     j["selected_by_routing_keys"] = d.verdict != Dispatch::Verdict::not_selected;
     j["routes"] = route_lines;
     if (d.choice.route) j["route"] = d.choice.route->name;

@@ -23,6 +23,17 @@ namespace loopabull {
 // (find_playbook_at in routing.hpp).
 using PlaybookResolver = std::function<PlaybookLookup(const std::string& relative)>;
 
+struct Dispatch;
+
+// looper: the looper the event came from; empty in explain without --looper (then no looper
+// restriction is checked). want_verdicts: record each route's verdict (explain). Cost on the event
+// path: the routing_keys patterns, the looper's allowlist, the routes' keys and conditions up to
+// the first that takes the event (no allocation for them), and the playbook lookup; no sentence
+// is written for a refusal until reason() is asked.
+Dispatch dispatch(const Config& config, std::string_view key, std::string_view looper,
+                  const nlohmann::json& body, const PlaybookResolver& resolve,
+                  bool want_verdicts = false);
+
 struct Dispatch {
     enum class Verdict {
         run,          // queue a job (after the throttle: see throttle_key)
@@ -36,7 +47,6 @@ struct Dispatch {
     };
     Verdict verdict = Verdict::run;
     Result result = Result::succeeded;       // the answer when the verdict is not run
-    std::string reason;                      // a person's sentence when the verdict is not run
     RouteChoice choice;                      // which route took it (choice.route), or came closest
     PlaybookLookup playbook{};               // when a playbook was looked up
     std::optional<std::string> serial;       // the scheduler key when the route serializes
@@ -46,13 +56,21 @@ struct Dispatch {
 
     bool runs() const noexcept { return verdict == Verdict::run; }
     std::string route_name() const { return choice.route ? choice.route->name : std::string(); }
-};
 
-// looper: the looper the event came from; empty in explain without --looper (then no looper
-// restriction is checked). want_verdicts: record each route's verdict (explain).
-Dispatch dispatch(const Config& config, std::string_view key, std::string_view looper,
-                  const nlohmann::json& body, const PlaybookResolver& resolve,
-                  bool want_verdicts = false);
+    // A person's sentence when the verdict is not run (empty for run); key and looper: those
+    // given to dispatch(). Written here, when someone reads it (a log line that passes its level
+    // and rate limit, the ledger, explain), not for every event: a flood of keys that
+    // routing_keys does not select, or that no route takes, would otherwise pay for a sentence
+    // (and, for the closest route, a JSON rendering of its failed condition) per event
+    // (docs/PERFORMANCE.md, "20 routes").
+    std::string reason(std::string_view key, std::string_view looper) const;
+
+  private:
+    friend Dispatch dispatch(const Config&, std::string_view, std::string_view,
+                             const nlohmann::json&, const PlaybookResolver&, bool);
+    std::string fixed_reason_;       // bad_body: the sentence, written when found
+    const Route* closest_ = nullptr; // no_route: the route that came closest, if any
+};
 
 // What the supervisor knows at the moment of an explain: nothing offline.
 struct LiveState {

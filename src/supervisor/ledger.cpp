@@ -224,11 +224,6 @@ void Ledger::record(LedgerRecord r) {
     }
 }
 
-void Ledger::count_unrouted(LedgerRecord r) {
-    ++stats_.unrouted;
-    if (config_.record_unrouted) record(std::move(r));
-}
-
 int Ledger::on_timer(sd_event_source*, uint64_t, void* userdata) noexcept {
     try {
         static_cast<Ledger*>(userdata)->flush();

@@ -77,7 +77,13 @@ class Ledger {
 
     // Queues a record; cheap (no I/O unless the batch is full).
     void record(LedgerRecord r);
-    void count_unrouted(LedgerRecord r); // recorded only with history.record_unrouted
+    // Counts an unrouted event; true when history.record_unrouted wants its record (then pass
+    // it to record()). Unrouted events can come at a flood's rate: the caller builds the record
+    // (and its reason) only when it is kept.
+    bool count_unrouted() noexcept {
+        ++stats_.unrouted;
+        return config_.record_unrouted;
+    }
     // Writes the pending batch now (one transaction), then applies retention.
     void flush();
     // Newest first. Flushes first, so that a job that just ended is found. Throws

@@ -722,6 +722,8 @@ void Manager::flush_rate_limits() {
         spdlog::warn("suppressed {} similar messages (rejected events) in the last seconds", n);
     if (auto n = unrouted_log_.flush())
         spdlog::warn("suppressed {} similar messages (unrouted events) in the last seconds", n);
+    if (auto n = throttled_log_.flush())
+        spdlog::warn("suppressed {} similar messages (throttled events) in the last seconds", n);
     if (auto n = refused_log_.flush())
         spdlog::warn("suppressed {} similar messages (refused D-Bus calls) in the last seconds", n);
 }
@@ -734,6 +736,13 @@ void Manager::reject(Looper& looper, const std::optional<json>& id, const std::s
                      id ? "" : " (no readable id, so no answer)");
     ledger_event(looper, id, {}, Result::rejected, reason);
     answer(looper.name(), looper.generation(), id, Result::rejected, std::nullopt, reason);
+}
+
+template <class Reason>
+void Manager::ledger_unrouted(const Looper& looper, const std::optional<json>& id,
+                              const std::string& key, const Reason& reason) {
+    if (ledger_ && ledger_->count_unrouted())
+        ledger_event(looper, id, key, Result::unrouted, reason());
 }
 
 void Manager::route(Looper& looper, Event ev) {
@@ -751,35 +760,44 @@ void Manager::route(Looper& looper, Event ev) {
     case V::not_selected:
         ++counters_.events_unrouted;
         spdlog::debug("{}: not selected by routing_keys", ev.routing_key);
-        ledger_event(looper, ev.id, ev.routing_key, Result::unrouted, "not selected by routing_keys");
+        ledger_unrouted(looper, ev.id, ev.routing_key,
+                        [] { return "not selected by routing_keys"; });
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
     case V::no_route:
     case V::no_playbook:
         ++counters_.events_unrouted;
-        // Anyone who can send events can send keys without a playbook: limited too.
-        if (may_log(unrouted_log_, "unrouted events"))
-            spdlog::info("{}: {}; unrouted", ev.routing_key, loggable(d.reason));
-        ledger_event(looper, ev.id, ev.routing_key, Result::unrouted, d.reason);
+        // Anyone who can send events can send keys without a playbook: limited too. The reason
+        // (for no_route, naming the closest route) is written only for a line that is logged.
+        if (spdlog::should_log(spdlog::level::info) && may_log(unrouted_log_, "unrouted events"))
+            spdlog::info("{}: {}; unrouted", ev.routing_key,
+                         loggable(d.reason(ev.routing_key, looper.name())));
+        ledger_unrouted(looper, ev.id, ev.routing_key,
+                        [&] { return d.reason(ev.routing_key, looper.name()); });
         return answer(looper.name(), looper.generation(), ev.id, Result::unrouted, std::nullopt);
-    case V::lookup_failed:
+    case V::lookup_failed: {
         // Our environment's fault (playbooks_dir unreadable, say), not the event's: retryable.
         ++counters_.jobs_failed;
-        spdlog::error("{}: {}", ev.routing_key, d.reason);
+        auto reason = d.reason(ev.routing_key, looper.name());
+        spdlog::error("{}: {}", ev.routing_key, reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::failed, std::nullopt,
-                      d.reason);
+                      reason);
+    }
     case V::not_allowed:
-    case V::bad_body:
+    case V::bad_body: {
         ++counters_.events_rejected;
+        auto reason = d.reason(ev.routing_key, looper.name());
         if (may_log(rejected_log_, "rejected events"))
-            spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(d.reason));
-        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, d.reason);
+            spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(reason));
+        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
-                      d.reason);
+                      reason);
+    }
     case V::bad_playbook:
         ++counters_.events_rejected;
         spdlog::error("{}: refusing playbook {}: {}", ev.routing_key, d.playbook.path,
                       d.playbook.detail);
-        ledger_event(looper, ev.id, ev.routing_key, Result::rejected, d.reason);
+        ledger_event(looper, ev.id, ev.routing_key, Result::rejected,
+                     d.reason(ev.routing_key, looper.name()));
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
                       "playbook " + d.playbook.detail);
     }
@@ -788,9 +806,11 @@ void Manager::route(Looper& looper, Event ev) {
         !throttler_.admit(*d.throttle_key, now_monotonic_usec(),
                           static_cast<std::uint64_t>(r->throttle->once_within.count()))) {
         ++counters_.events_throttled;
-        spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", ev.routing_key, r->name,
-                     r->throttle->per.text(), display_value(d.throttle_value),
-                     r->throttle->once_within.count() / 1000000);
+        // A throttled key is a chatty one by definition: its lines are limited like unrouted ones.
+        if (spdlog::should_log(spdlog::level::info) && may_log(throttled_log_, "throttled events"))
+            spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", ev.routing_key,
+                         r->name, r->throttle->per.text(), display_value(d.throttle_value),
+                         r->throttle->once_within.count() / 1000000);
         answer(looper.name(), looper.generation(), ev.id, Result::throttled, std::nullopt);
         return status_changed();
     }
@@ -917,6 +937,11 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
         outcome.result = Result::aborted;
         outcome.error = "cancelled by " + job.aborted_by;
     }
+    // Named in the answer's reason, GetJob's error and the ledger: once the job has left the
+    // in-memory history, the ledger is what says which job replaced it.
+    if (superseded_by)
+        outcome.error = "superseded by job " + std::to_string(*superseded_by) + " (route '" +
+                        job.route + "', value " + job.serial_value + ")";
     if (!job.vars_path.empty() && unlink(job.vars_path.c_str()) < 0)
         spdlog::error("job {}: cannot remove vars file {}: {}", id, job.vars_path,
                       std::strerror(errno));
@@ -1002,10 +1027,7 @@ void Manager::ledger_event(const Looper& looper, const std::optional<json>& id,
                    .finished_usec = now,
                    .result = std::string(to_string(result)),
                    .error = reason};
-    if (result == Result::unrouted)
-        ledger_->count_unrouted(std::move(r));
-    else
-        ledger_->record(std::move(r));
+    ledger_->record(std::move(r));
 }
 
 ManagerState Manager::state() const noexcept {

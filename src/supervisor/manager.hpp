@@ -199,9 +199,14 @@ class Manager final : public LooperHost, public ExecutorHost {
     // Whether a line an outsider caused may be logged now; says first how many were suppressed.
     bool may_log(LogRateLimit& limit, std::string_view what);
     void flush_rate_limits();
-    // Events that made no job, into the ledger (rejected; unrouted when configured).
+    // An event that made no job, into the ledger (rejected; unrouted through ledger_unrouted).
     void ledger_event(const Looper& looper, const std::optional<json>& id, const std::string& key,
                       Result result, const std::string& reason);
+    // An unrouted event, into the ledger's count; reason() (returning the reason) is called
+    // only when the record is kept (history.record_unrouted).
+    template <class Reason>
+    void ledger_unrouted(const Looper& looper, const std::optional<json>& id,
+                         const std::string& key, const Reason& reason);
 
     ManagerOptions options_;
     Config config_;
@@ -225,6 +230,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     LogRateLimit rejected_log_{20, std::chrono::seconds(10)};
     LogRateLimit refused_log_{20, std::chrono::seconds(10)};
     LogRateLimit unrouted_log_{20, std::chrono::seconds(10)};
+    LogRateLimit throttled_log_{20, std::chrono::seconds(10)};
     std::optional<CgroupTree> cgroup_tree_;  // our delegated cgroup, set up
     std::string no_cgroup_reason_;           // why there is none
     std::unique_ptr<ProcessRecords> records_;

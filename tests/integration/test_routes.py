@@ -155,12 +155,17 @@ def test_routes_example_through_ansible_and_explain_live(tmp_path, bus):
                 jobs.setdefault("ids", []).append(int(line.split("job ", 1)[1].split()[0]))
         b1, b2, b3, z1 = jobs["ids"][:4]
         keys = ("id", "routing_key", "state", "unit", "looper", "queued_usec", "started_usec",
-                "finished_usec", "result", "exit_code")
+                "finished_usec", "result", "exit_code", "error")
         get = lambda j: dict(zip(keys, bus.call(name, "GetJob", "t", j)))  # noqa: E731
         assert get(b3)["started_usec"] >= get(b1)["finished_usec"], "two bash builds overlapped"
         assert get(z1)["started_usec"] < get(b1)["finished_usec"], "zsh waited for bash"
         assert bus.call(name, "GetJobRouting", "t", b2) == ["builds", "bash", b3]
         assert bus.call(name, "GetJobRouting", "t", b3) == ["builds", "bash", 0]
+        # GetJob itself (and so the ledger, once the job has left memory) and the looper's
+        # answer name the job that replaced a superseded one.
+        named = f"superseded by job {b3} (route 'builds', value bash)"
+        assert get(b2)["result"] == "superseded" and get(b2)["error"] == named
+        assert next(a for a in read_answers(answers) if a["id"] == "b2").get("reason") == named
         r = bus.ctl("-i", "routes", "job", str(b2), check=True)
         assert "Result: superseded" in r.stdout and f"Superseded by: job {b3}" in r.stdout
         assert "Route: builds" in r.stdout
