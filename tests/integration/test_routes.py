@@ -198,3 +198,95 @@ def test_routes_example_through_ansible_and_explain_live(tmp_path, bus):
     finally:
         if sup.proc.poll() is None:
             sup.kill()
+
+
+# Records each job's value, event number and start and end time (bash's EPOCHREALTIME, no extra
+# process), holding the job for 20 ms between them. loopabull runs it as PLAYBOOK_CMD PLAYBOOK -e @VARS; the body is {"n": N, "v": V}.
+JOB_SCRIPT = r'''#!/bin/bash
+start=$EPOCHREALTIME
+rx='"n": ([0-9]+), \? !unsafe "v": !unsafe "([a-z0-9-]+)"'
+while IFS= read -r line; do
+    [[ $line =~ $rx ]] && n=${BASH_REMATCH[1]} v=${BASH_REMATCH[2]}
+done < "${3#@}"
+# 20 ms without a process of its own: a read that times out on a FIFO nobody writes to. Jobs
+# of one value that overlapped would overlap here.
+exec {idle}<> IDLE
+read -t 0.02 -u "$idle"
+echo "$v $n $start $EPOCHREALTIME" >> RUNS
+'''
+
+
+def test_serialize_and_coalesce_properties_through_the_binary(tmp_path):
+    """Issue 14's properties through the real binary, max_parallel 4: 1,000 events over 10
+    values on a serializing route never run two jobs of one value at once (from the jobs' own
+    start and end times), and on a coalescing route the newest event of each value runs last,
+    every other one either running or answered superseded."""
+    import random
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "job.yml").write_text("")
+    runs = tmp_path / "runs"
+    script = tmp_path / "job.sh"
+    os.mkfifo(tmp_path / "idle.fifo")
+    script.write_text(JOB_SCRIPT.replace("RUNS", str(runs)).replace("IDLE", str(tmp_path / "idle.fifo")))
+    script.chmod(0o755)
+    fifo, answers = tmp_path / "events.fifo", tmp_path / "answers"
+    os.mkfifo(fifo)
+    cfg = {"loglevel": "info", "routing_keys": ["all"], "runtime_dir": str(tmp_path / "run"),
+           "loopers": [scripted(name="l", fifo=str(fifo), answers=str(answers))],
+           "ansible": {"playbooks_dir": str(tmp_path / "playbooks"), "playbook_cmd": [str(script)]},
+           "executor": {"max_parallel": 4, "queue_size": 2000, "timeout": "2min",
+                        "allow_root": True},
+           "routes": [{"name": "serial", "keys": ["ser.job"], "playbook": "job.yml",
+                       "serialize": "/v"},
+                      {"name": "coalesced", "keys": ["coal.job"], "playbook": "job.yml",
+                       "serialize": "/v", "coalesce": True}]}
+    sup = Supervisor(tmp_path, cfg)
+    rng = random.Random(14)
+    sent = [("ser.job", {"n": i, "v": f"s{rng.randrange(10)}"}, f"s{i}") for i in range(1000)]
+    sent += [("coal.job", {"n": i, "v": f"c{rng.randrange(10)}"}, f"c{i}") for i in range(300)]
+    rng.shuffle(sent)
+    try:
+        out = open(fifo, "w")
+        out.write("".join(event(k, b, id=i) + "\n" for k, b, i in sent))
+        out.flush()
+        wait_until(lambda: len(read_answers(answers)) >= len(sent), 300, what="every answer")
+        results = {a["id"]: a["result"] for a in read_answers(answers)}
+        out.close()
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
+    jobs = []
+    for line in runs.read_text().splitlines():
+        v, n, start, end = line.split()
+        jobs.append((v, int(n), float(start), float(end)))
+    by_value = {}
+    for j in jobs:
+        by_value.setdefault(j[0], []).append(j)
+
+    # Serialization: every event ran, one job of a value at a time, and the slots were used.
+    assert all(results[f"s{i}"] == "succeeded" for i in range(1000))
+    assert sum(len(by_value[f"s{k}"]) for k in range(10)) == 1000
+    for k in range(10):
+        spans = sorted(by_value[f"s{k}"], key=lambda j: j[2])
+        for a, b in zip(spans, spans[1:]):
+            assert a[3] <= b[2], f"two jobs of value s{k} ran at once: {a} {b}"
+    edges = sorted([(j[2], 1) for j in jobs] + [(j[3], -1) for j in jobs])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert 1 < peak <= 4, peak
+
+    # Coalescing: the newest event of each value runs last; the others ran or were superseded.
+    coal = [(b, i) for k, b, i in sent if k == "coal.job"]
+    assert all(results[i] in ("succeeded", "superseded") for _, i in coal)
+    assert any(results[i] == "superseded" for _, i in coal)
+    ran = {(j[0], j[1]) for j in jobs if j[0].startswith("c")}
+    for b, i in coal:
+        assert ((b["v"], b["n"]) in ran) == (results[i] == "succeeded"), i
+    newest = {}
+    for b, _ in coal:  # the order they were sent in
+        newest[b["v"]] = b["n"]
+    for v, n in newest.items():
+        assert max(by_value[v], key=lambda j: j[2])[1] == n, f"value {v}: newest {n} did not run last"
