@@ -6,6 +6,7 @@
 // (valid or not), nothing found lies outside the playbooks directory; pattern matching agrees
 // with a simple reference matcher and stays fast (libFuzzer's -timeout catches blow-ups).
 #include "core/routing.hpp"
+#include "tests/routing-reference.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -65,34 +66,10 @@ void make_playbooks() {
     std::atexit([] { fs::remove_all(g_root); });
 }
 
-std::vector<std::string> split(std::string_view s, char sep) {
-    std::vector<std::string> out;
-    std::size_t pos = 0;
-    for (auto at = s.find(sep); at != std::string_view::npos; at = s.find(sep, pos)) {
-        out.emplace_back(s.substr(pos, at - pos));
-        pos = at + 1;
-    }
-    out.emplace_back(s.substr(pos));
-    return out;
-}
+using loopabull::test::reference_match;
 
-// AMQP topic matching as a set of reachable key positions, word by word of the pattern.
-bool reference_match(std::string_view pattern, std::string_view key) {
-    if (pattern == "all") return true;
-    auto p = split(pattern, '.'), k = split(key, '.');
-    std::set<std::size_t> at{0};
-    for (auto& w : p) {
-        std::set<std::size_t> next;
-        for (auto j : at) {
-            if (w == "#")
-                for (auto s = j; s <= k.size(); ++s)
-                    next.insert(s);
-            else if (j < k.size() && (w == "*" || w == k[j]))
-                next.insert(j + 1);
-        }
-        at = std::move(next);
-    }
-    return at.count(k.size()) > 0;
+std::vector<std::string> split(std::string_view s, char sep) {
+    return loopabull::test::split_at(s, sep);
 }
 
 void check_grammar(std::string_view key, Layout layout) {

@@ -3,6 +3,7 @@
 #include "core/routing.hpp"
 
 #include "tempdir.hpp"
+#include "tests/routing-reference.hpp"
 
 #include <gtest/gtest.h>
 
@@ -174,23 +175,6 @@ TEST(RoutingPattern, ManyHashesMatchInPolynomialTime) {
 
 namespace {
 
-// AMQP topic matching as a set of reachable key positions (as tests/fuzz/fuzz-routing checks).
-bool reference_match(const std::vector<std::string>& p, const std::vector<std::string>& k) {
-    std::set<std::size_t> at{0};
-    for (auto& w : p) {
-        std::set<std::size_t> next;
-        for (auto j : at) {
-            if (w == "#")
-                for (auto s = j; s <= k.size(); ++s)
-                    next.insert(s);
-            else if (j < k.size() && (w == "*" || w == k[j]))
-                next.insert(j + 1);
-        }
-        at = std::move(next);
-    }
-    return at.count(k.size()) > 0;
-}
-
 std::string join(const std::vector<std::string>& words) {
     std::string s;
     for (auto& w : words)
@@ -213,7 +197,7 @@ TEST(RoutingPattern, AgreesWithAReferenceMatcherShortAndLong) {
             p.push_back(words[rng() % 4]);
         for (std::size_t i = 0; i < nk; ++i)
             k.push_back(words[rng() % 2]);
-        bool expected = reference_match(p, k);
+        bool expected = loopabull::test::reference_match(join(p), join(k));
         matched += expected;
         ASSERT_EQ(routing_pattern_matches(join(p), join(k)), expected)
             << join(p) << " against " << join(k);
