@@ -40,14 +40,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT NOT NULL,
     exit_code INTEGER,
     unit TEXT NOT NULL,
-    error TEXT NOT NULL);
+    error TEXT NOT NULL,
+    dedup_key TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs(job_id);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_usec);
 )";
 
+// De-duplication's lookup (issue 17); after the column is sure to exist.
+constexpr const char* kDedupIndex =
+    "CREATE INDEX IF NOT EXISTS jobs_dedup ON jobs(looper, dedup_key);";
+
 constexpr const char* kColumns =
     "job_id, event_id, looper, routing_key, route, playbook, playbook_sha256, user, queued_usec, "
-    "started_usec, finished_usec, result, exit_code, unit, error";
+    "started_usec, finished_usec, result, exit_code, unit, error, dedup_key";
 
 struct Stmt {
     sqlite3_stmt* s = nullptr;
@@ -175,6 +180,14 @@ bool Ledger::open() {
         close();
         return false;
     }
+    // A ledger written before dedup_key existed (0.2 development builds) gains the column; the
+    // statement fails harmlessly ("duplicate column name") on every other database.
+    sqlite3_exec(db_, "ALTER TABLE jobs ADD COLUMN dedup_key TEXT NOT NULL DEFAULT ''", nullptr,
+                 nullptr, nullptr);
+    if (!exec(kDedupIndex)) {
+        close();
+        return false;
+    }
     return true;
 }
 
@@ -250,7 +263,7 @@ void Ledger::flush() {
         return;
     }
     std::string sql =
-        std::string("INSERT INTO jobs (") + kColumns + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+        std::string("INSERT INTO jobs (") + kColumns + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     Stmt st;
     int rc = sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
     if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, &st.s, nullptr);
@@ -275,6 +288,7 @@ void Ledger::flush() {
             sqlite3_bind_null(s, 13);
         bind_text(s, 14, r.unit);
         bind_text(s, 15, r.error);
+        bind_text(s, 16, r.dedup_key);
         rc = sqlite3_step(s);
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
         sqlite3_reset(s);
@@ -358,6 +372,7 @@ std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
         if (sqlite3_column_type(s, 12) != SQLITE_NULL) r.exit_code = sqlite3_column_int(s, 12);
         r.unit = column_text(s, 13);
         r.error = column_text(s, 14);
+        r.dedup_key = column_text(s, 15);
         out.push_back(std::move(r));
     }
     if (rc != SQLITE_DONE) {
@@ -365,6 +380,36 @@ std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
         throw std::runtime_error(std::string("history query: ") + sqlite3_errstr(rc));
     }
     return out;
+}
+
+DedupLookup Ledger::find_success(const std::string& looper, const std::string& dedup_key,
+                                 std::uint64_t since_usec) {
+    using S = DedupLookup::Status;
+    // The batch in memory first: a job that succeeded a moment ago is not on disk yet.
+    for (auto it = pending_.rbegin(); it != pending_.rend(); ++it)
+        if (it->result == "succeeded" && it->finished_usec >= since_usec &&
+            it->dedup_key == dedup_key && it->looper == looper)
+            return {S::found, it->job_id, {}};
+    if (!open()) return {S::error, 0, "the database " + path_ + " cannot be opened"};
+    Stmt st;
+    int rc = sqlite3_prepare_v2(db_,
+                                "SELECT job_id FROM jobs WHERE looper = ?1 AND dedup_key = ?2 AND "
+                                "result = 'succeeded' AND finished_usec >= ?3 "
+                                "ORDER BY seq DESC LIMIT 1",
+                                -1, &st.s, nullptr);
+    if (rc == SQLITE_OK) {
+        bind_text(st.s, 1, looper);
+        bind_text(st.s, 2, dedup_key);
+        sqlite3_bind_int64(st.s, 3, static_cast<sqlite3_int64>(since_usec));
+        rc = sqlite3_step(st.s);
+    }
+    if (rc == SQLITE_ROW) return {S::found, static_cast<JobId>(sqlite3_column_int64(st.s, 0)), {}};
+    if (rc == SQLITE_DONE) return {S::none, 0, {}};
+    std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+    sqlite3_finalize(st.s); // before a rotation closes the database
+    st.s = nullptr;
+    handle_error(rc, "a de-duplication lookup");
+    return {S::error, 0, why};
 }
 
 JobId Ledger::max_job_id() {
