@@ -88,6 +88,49 @@ bool is_corruption(int rc) {
     return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
 }
 
+// Whether the last run shut down cleanly, kept in the database itself: "running" is 1 from
+// the start of a run to its last flush. A run that finds it 1 follows a SIGKILL or a crash, which
+// lost the batch in memory then (WAL keeps every committed one): that is said in the log, with
+// the last job that was recorded, so that an operator knows where the history has its hole.
+void report_unclean_shutdown(sqlite3* db, const std::string& path) {
+    if (sqlite3_exec(db,
+                     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER "
+                     "NOT NULL)",
+                     nullptr, nullptr, nullptr) != SQLITE_OK)
+        return;
+    Stmt st;
+    bool unclean = false;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'running'", -1, &st.s,
+                           nullptr) == SQLITE_OK &&
+        sqlite3_step(st.s) == SQLITE_ROW)
+        unclean = sqlite3_column_int64(st.s, 0) != 0;
+    if (unclean) {
+        Stmt last;
+        std::int64_t job = 0, seq = 0, finished = 0;
+        if (sqlite3_prepare_v2(db,
+                               "SELECT job_id, seq, finished_usec FROM jobs ORDER BY seq DESC "
+                               "LIMIT 1",
+                               -1, &last.s, nullptr) == SQLITE_OK &&
+            sqlite3_step(last.s) == SQLITE_ROW) {
+            job = sqlite3_column_int64(last.s, 0);
+            seq = sqlite3_column_int64(last.s, 1);
+            finished = sqlite3_column_int64(last.s, 2);
+        }
+        spdlog::warn("history: the last run did not shut down cleanly (killed or crashed): "
+                     "the records it had not yet written are lost (at most one batch, "
+                     "history.batch_size records or history.flush_interval's worth); the last "
+                     "record in {} is #{} (job {}, finished at {} µs since the epoch)",
+                     path, seq, job, finished);
+    }
+    sqlite3_exec(db, "INSERT OR REPLACE INTO meta (key, value) VALUES ('running', 1)", nullptr,
+                 nullptr, nullptr);
+}
+
+void mark_clean_shutdown(sqlite3* db) {
+    sqlite3_exec(db, "INSERT OR REPLACE INTO meta (key, value) VALUES ('running', 0)", nullptr,
+                 nullptr, nullptr);
+}
+
 } // namespace
 
 std::optional<std::string> ledger_path(const HistoryConfig& config) {
@@ -132,7 +175,10 @@ Ledger::Ledger(sd_event* event, HistoryConfig config, std::string path)
     if (r < 0) throw std::runtime_error("ledger timer: " + std::string(std::strerror(-r)));
     sd_event_source_set_description(timer_, "ledger-flush");
     sd_event_source_set_enabled(timer_, SD_EVENT_OFF);
-    if (open()) spdlog::info("history: ledger {}", path_);
+    if (open()) {
+        spdlog::info("history: ledger {}", path_);
+        report_unclean_shutdown(db_, path_);
+    }
 }
 
 Ledger::~Ledger() {
@@ -141,6 +187,7 @@ Ledger::~Ledger() {
     } catch (...) {
         // flush() logs its own faults; nothing else can be done on the way out.
     }
+    if (db_ && pending_.empty()) mark_clean_shutdown(db_);
     close();
     sd_event_source_disable_unref(timer_);
 }
