@@ -750,7 +750,9 @@ def dedup_setup(tmp, broker, queue):
     script.chmod(0o755)
     cfg = amqp_config(tmp, broker, queue, script)
     cfg["loopers"][0]["dedup"] = {"window": "1h"}
-    cfg["history"] = {"path": str(tmp / "history.sqlite")}
+    # No batch is written by the timer during the test: a dedup success must be committed
+    # before its answer, by itself.
+    cfg["history"] = {"path": str(tmp / "history.sqlite"), "flush_interval": "1min"}
     return cfg
 
 
@@ -780,8 +782,8 @@ def test_dedup_a_message_redelivered_after_a_broker_restart_runs_once(tmp_path, 
 def test_dedup_a_message_redelivered_after_loopabull_is_killed_runs_once(tmp_path, broker):
     """loopabull is SIGKILLed after the job succeeded and before the looper acked the message
     (the looper is stopped with SIGSTOP so that it cannot): the broker delivers the message
-    again to the next loopabull, which finds the success in the ledger (written before the
-    answer) and acks it without running it."""
+    again to the next loopabull, which finds the success in the ledger (committed before the
+    answer, not with the next batch: flush_interval is 1min) and acks it without running it."""
     cfg = dedup_setup(tmp_path, broker, "dedup-kill")
     sup = Supervisor(tmp_path, cfg)
     looper = None
