@@ -132,7 +132,8 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
                                           .restart_delay_max = 1min,
                                           .restart_limit = 5,
                                           .max_line_length = 1 << 20,
-                                          .routing_keys = std::nullopt}));
+                                          .routing_keys = std::nullopt,
+                                          .dedup_window = std::nullopt}));
 
     const auto& a = c.ansible;
     EXPECT_EQ(a.playbooks_dir, "/srv/playbooks");
@@ -203,7 +204,8 @@ executor:
                             .restart_delay_max = 2h,
                             .restart_limit = 0,
                             .max_line_length = 64 << 10,
-                            .routing_keys = std::nullopt}));
+                            .routing_keys = std::nullopt,
+                            .dedup_window = std::nullopt}));
     EXPECT_EQ(c.loopers[1].name, "second_one");
     // One string is the whole argv[0], not split on spaces.
     EXPECT_EQ(c.loopers[1].command, std::vector<std::string>{"/opt/loopers/mine --verbose"});
