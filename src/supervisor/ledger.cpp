@@ -126,6 +126,29 @@ void report_unclean_shutdown(sqlite3* db, const std::string& path) {
                  nullptr, nullptr);
 }
 
+// The ledger holds event ids, error texts and (later) bodies: readable by the service user alone.
+// A database created by us has mode 0600 (umask 077 around the open); one made by someone else,
+// or restored from a backup, may not: it, its -wal and its -shm are set to 0600 and the change is
+// logged. A file owned by another user is reported, not taken over (we could not chown it).
+void restrict_mode(const std::string& path) {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+        auto file = path + suffix;
+        struct stat st {};
+        if (::stat(file.c_str(), &st) < 0) continue;
+        if (st.st_uid != geteuid())
+            spdlog::warn("history: {} belongs to uid {}, not to the service user (uid {})", file,
+                         st.st_uid, geteuid());
+        if ((st.st_mode & 077) == 0) continue;
+        if (::chmod(file.c_str(), 0600) < 0)
+            spdlog::error("history: {} has mode {:04o} and cannot be set to 0600: {}", file,
+                          st.st_mode & 07777, std::strerror(errno));
+        else
+            spdlog::warn("history: {} had mode {:04o}; set to 0600 (readable by the service user "
+                         "alone)",
+                         file, st.st_mode & 07777);
+    }
+}
+
 void mark_clean_shutdown(sqlite3* db) {
     sqlite3_exec(db, "INSERT OR REPLACE INTO meta (key, value) VALUES ('running', 0)", nullptr,
                  nullptr, nullptr);
@@ -219,6 +242,7 @@ bool Ledger::open() {
         close();
         return false;
     }
+    restrict_mode(path_);
     // A reader (the D-Bus query) never waits long for the writer: both run on our one thread.
     sqlite3_busy_timeout(db_, 1000);
     // WAL: a commit appends to the log instead of rewriting pages; synchronous=NORMAL syncs at

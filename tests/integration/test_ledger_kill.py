@@ -82,3 +82,28 @@ def test_sigkill_while_the_ledger_writes_batches_loses_at_most_the_last(workdir)
         if third.proc.poll() is None:
             third.kill()
     assert third.log.count("did not shut down cleanly") == 1
+
+
+def test_a_ledger_readable_by_others_is_set_to_0600(workdir):
+    """The ledger holds event ids and error texts: readable by the service user alone. A new
+    one is created 0600; one that is not (made by hand, restored from a backup) is set to 0600,
+    with its -wal, and the log says so."""
+    ledger = workdir / "history.sqlite"
+    db = sqlite3.connect(ledger)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE other (x)")
+    os.chmod(ledger, 0o644)
+    os.chmod(f"{ledger}-wal", 0o644)
+    cfg = base_config(workdir, [scripted()], history={"path": str(ledger)})
+    sup = Supervisor(workdir, cfg)
+    try:
+        sup.wait_log(r"history: .*history\.sqlite had mode 0644; set to 0600")
+        sup.wait_log(r"history: .*history\.sqlite-wal had mode 0644; set to 0600")
+        for path in (ledger, workdir / "history.sqlite-wal", workdir / "history.sqlite-shm"):
+            assert os.stat(path).st_mode & 0o777 == 0o600, path
+        assert sup.stop() == 0
+    finally:
+        db.close()
+        if sup.proc.poll() is None:
+            sup.kill()
+    assert os.stat(ledger).st_mode & 0o777 == 0o600
