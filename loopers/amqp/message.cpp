@@ -3,7 +3,10 @@
 
 #include "retry.hpp"
 
+#include <openssl/evp.h>
+
 #include <cstring>
+#include <memory>
 
 namespace loopabull::amqp {
 
@@ -109,9 +112,35 @@ json properties_to_json(const amqp_basic_properties_t& p) {
     return out;
 }
 
+std::string dedup_id(std::string_view routing_key, std::string_view body, const json& properties) {
+    if (auto m = properties.find("message_id"); m != properties.end() && m->is_string()) {
+        const auto& text = m->get_ref<const std::string&>();
+        if (!text.empty() && text.size() <= 200) return text;
+    }
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    const char nul = 0;
+    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
+        EVP_DigestUpdate(ctx.get(), routing_key.data(), routing_key.size()) != 1 ||
+        EVP_DigestUpdate(ctx.get(), &nul, 1) != 1 ||
+        EVP_DigestUpdate(ctx.get(), body.data(), body.size()) != 1 ||
+        EVP_DigestFinal_ex(ctx.get(), md, &len) != 1)
+        throw std::bad_alloc(); // EVP fails only when it cannot allocate
+    std::string out = "sha256:";
+    static constexpr char kDigits[] = "0123456789abcdef";
+    for (unsigned i = 0; i < len; ++i) {
+        out += kDigits[md[i] >> 4];
+        out += kDigits[md[i] & 0xf];
+    }
+    return out;
+}
+
 std::optional<std::string> event_line(std::string* key, std::string_view body,
                                       const json& properties, std::string_view id,
                                       const Envelope* envelope, std::string* why) {
+    // Before the envelope changes *key: the key the broker delivered the message with.
+    auto dedup = dedup_id(*key, body, properties);
     json msg = parse_body(body, why);
     if (msg.is_discarded()) return std::nullopt;
     if (envelope) {
@@ -134,7 +163,10 @@ std::optional<std::string> event_line(std::string* key, std::string_view body,
     json event_body = {{"msg", std::move(msg)}, {"topic", routing_key}};
     if (auto h = properties.find("headers"); h != properties.end()) event_body["headers"] = *h;
     if (auto m = properties.find("message_id"); m != properties.end()) event_body["id"] = *m;
-    json event = {{"routing_key", routing_key}, {"id", id}, {"body", std::move(event_body)}};
+    json event = {{"routing_key", routing_key},
+                  {"id", id},
+                  {"dedup_id", std::move(dedup)},
+                  {"body", std::move(event_body)}};
     // Header strings are not checked by the broker; the supervisor refuses invalid UTF-8.
     std::string line = event.dump(-1, ' ', false, json::error_handler_t::replace);
     if (line.size() > kMaxLine) {

@@ -21,6 +21,14 @@ nlohmann::json table_to_json(const amqp_table_t& table);
 // The properties worth keeping for a playbook and for a retry, as a JSON object.
 nlohmann::json properties_to_json(const amqp_basic_properties_t& props);
 
+// The event's "dedup_id" (protocol 0.2; the supervisor's `dedup` looks it up): the same for
+// every delivery of one message, where the event id ("GENERATION-TAG", policy.hpp) names one
+// delivery. The message_id property when it is a non-empty string of at most 200 bytes, else
+// "sha256:" and the hex SHA-256 of the routing key, a NUL and the body: two messages without
+// message_id that carry the same key and body are then one event for de-duplication.
+std::string dedup_id(std::string_view routing_key, std::string_view body,
+                     const nlohmann::json& properties);
+
 // The event line (with its newline) for a delivery, or nullopt with *why when the body is not
 // a JSON document, the envelope's fields are missing, or the event would be too large for the
 // supervisor. *routing_key: in, the key the delivery is trusted with (retry.hpp's origin_of);

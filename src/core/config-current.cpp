@@ -70,8 +70,8 @@ void resolve_looper_command(Reader& r, const YAML::Node& at, LooperConfig& lc) {
 }
 
 const std::vector<std::string_view> kLooperKeys = {
-    "name",          "command",        "config", "restart_delay", "restart_delay_max",
-    "restart_limit", "max_line_length", "routing_keys"};
+    "name",          "command",         "config",       "restart_delay", "restart_delay_max",
+    "restart_limit", "max_line_length", "routing_keys", "dedup"};
 
 bool valid_looper_name(const std::string& n) {
     return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char c) {
@@ -120,6 +120,7 @@ std::optional<LooperConfig> read_looper(Reader& r, const YAML::Node& node) {
         lc.routing_keys = parse_looper_allowlist(v, [&](const YAML::Node& at, std::string m) {
             r.error(at, std::move(m));
         });
+    if (auto v = node["dedup"]) read_dedup(r, v, lc);
     if (lc.restart_delay.count() == 0) r.error(node, "'restart_delay' must be more than 0");
     if (lc.restart_delay_max < lc.restart_delay)
         r.error(node, "'restart_delay_max' must not be below 'restart_delay'");
@@ -457,6 +458,7 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
     }
     if (auto v = root["exit_without_loopers"]) read_exit_without_loopers(r, v, c);
     if (auto v = root["history"]) read_history(r, v, c);
+    check_dedup(r, root, c);
 }
 
 } // namespace loopabull::config_detail

@@ -41,4 +41,36 @@ void read_history(Reader& r, const YAML::Node& node, Config& c) {
         h.record_unrouted = r.boolean(v, "record_unrouted").value_or(h.record_unrouted);
 }
 
+void read_dedup(Reader& r, const YAML::Node& node, LooperConfig& lc) {
+    static const std::vector<std::string_view> kDedupKeys = {"window"};
+    if (!r.mapping(node, "'dedup'", kDedupKeys)) return;
+    auto v = node["window"];
+    if (!v) return r.error(node, "'dedup' needs a 'window' (for example 24h)");
+    auto d = r.duration(v, "window");
+    if (d && d->count() == 0)
+        r.error(v, "'dedup.window' must be more than 0");
+    else if (d)
+        lc.dedup_window = *d;
+}
+
+void check_dedup(Reader& r, const YAML::Node& root, const Config& c) {
+    for (const auto& lc : c.loopers) {
+        if (!lc.dedup_window) continue;
+        YAML::Node at = root;
+        const YAML::Node loopers = root["loopers"];
+        for (const auto& item : loopers)
+            if (item.IsMap() && item["name"] && item["name"].IsScalar() &&
+                item["name"].Scalar() == lc.name)
+                at = item["dedup"];
+        if (!c.history.enabled)
+            r.error(at, "looper '" + lc.name +
+                            "': 'dedup' looks earlier jobs up in the history ledger, which "
+                            "'history.enabled: false' turns off");
+        else if (*lc.dedup_window > c.history.max_age)
+            r.error(at, "looper '" + lc.name +
+                            "': 'dedup.window' is longer than 'history.max_age': the jobs it "
+                            "would look for are pruned before");
+    }
+}
+
 } // namespace loopabull::config_detail

@@ -113,5 +113,10 @@ void read_legacy_007(Reader& r, const YAML::Node& root, Config& c);
 
 // The "history" section (config-history.cpp).
 void read_history(Reader& r, const YAML::Node& node, Config& c);
+// A looper's `dedup: {window: W}` (config-history.cpp: it is the ledger's feature).
+void read_dedup(Reader& r, const YAML::Node& node, LooperConfig& lc);
+// After the history section: dedup looks successes up in the ledger, so it needs history on
+// and a window no longer than history.max_age (older rows are pruned).
+void check_dedup(Reader& r, const YAML::Node& root, const Config& c);
 
 } // namespace loopabull::config_detail

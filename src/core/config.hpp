@@ -42,6 +42,10 @@ struct LooperConfig {
     std::size_t max_line_length = 1 << 20;
     // The routing keys this looper may send (patterns as routing_keys); others are rejected.
     std::optional<std::vector<std::string>> routing_keys;
+    // dedup: {window: W} (issue 17, added in 0.2): an event whose dedup id (the event's
+    // "dedup_id", else its "id") already succeeded within W is answered `succeeded` with
+    // "duplicate_of" instead of running again. Looked up in the ledger, so it needs history.
+    std::optional<usec> dedup_window;
 
     bool operator==(const LooperConfig&) const = default;
 };

@@ -49,12 +49,13 @@ std::optional<std::string> id_error(const json& id) {
     return std::nullopt;
 }
 
-ParsedEvent make_event(std::string key, json body, std::optional<json> id) {
+ParsedEvent make_event(std::string key, json body, std::optional<json> id,
+                       std::optional<std::string> dedup_id = std::nullopt) {
     if (auto err = routing_key_error(key))
         return Rejection{
             "invalid routing key '" + escape_for_log(key.substr(0, 300)) + "': " + *err, id};
     if (!body.is_object()) return Rejection{"\"body\" must be a JSON object", id};
-    return Event{std::move(key), std::move(body), std::move(id)};
+    return Event{std::move(key), std::move(body), std::move(id), std::move(dedup_id)};
 }
 
 ParsedEvent from_object(json& obj) {
@@ -66,9 +67,17 @@ ParsedEvent from_object(json& obj) {
     auto key = obj.find("routing_key");
     if (key == obj.end()) return Rejection{"missing \"routing_key\"", id};
     if (!key->is_string()) return Rejection{"\"routing_key\" must be a string", id};
+    std::optional<std::string> dedup_id;
+    if (auto d = obj.find("dedup_id"); d != obj.end()) {
+        if (!d->is_string() || d->get_ref<const std::string&>().empty() ||
+            d->get_ref<const std::string&>().size() > kMaxIdLength)
+            return Rejection{"\"dedup_id\" must be a non-empty string of at most 256 bytes", id};
+        dedup_id = std::move(d->get_ref<std::string&>());
+    }
     auto body = obj.find("body");
     json b = body == obj.end() ? json::object() : std::move(*body);
-    return make_event(std::move(key->get_ref<std::string&>()), std::move(b), std::move(id));
+    return make_event(std::move(key->get_ref<std::string&>()), std::move(b), std::move(id),
+                      std::move(dedup_id));
 }
 
 ParsedEvent from_array(json& arr) {
@@ -151,7 +160,7 @@ std::string_view to_string(Result r) noexcept {
 // Written directly rather than through a json tree: one answer per event is the hot path. The
 // keys come in the order nlohmann's object gave them (sorted), as the man page shows.
 std::string format_answer(const json& id, Result result, std::optional<int> exit_code,
-                          std::string_view reason) {
+                          std::string_view reason, std::optional<std::uint64_t> duplicate_of) {
     std::string line;
     // Replacement keeps an answer writable even when a reason quotes broken input.
     std::string quoted = reason.empty()
@@ -159,6 +168,7 @@ std::string format_answer(const json& id, Result result, std::optional<int> exit
                              : json(reason).dump(-1, ' ', false, json::error_handler_t::replace);
     line.reserve(64 + 2 * quoted.size());
     line += '{';
+    if (duplicate_of) line += "\"duplicate_of\":" + std::to_string(*duplicate_of) + ',';
     if (!quoted.empty()) line += "\"error\":" + quoted + ',';
     line += "\"exit_code\":";
     line += exit_code ? std::to_string(*exit_code) : "null";

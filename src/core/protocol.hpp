@@ -19,6 +19,10 @@ struct Event {
     std::string routing_key;
     json body;              // always an object
     std::optional<json> id; // string or integer, echoed in the answer
+    // "dedup_id" (added in 0.2, issue 17): names the *message* across redeliveries when "id"
+    // names one delivery (the amqp looper's ids are per channel); a string of at most 256
+    // bytes. De-duplication (a looper's `dedup`) uses it, else the id.
+    std::optional<std::string> dedup_id;
 };
 
 struct Rejection {
@@ -41,8 +45,11 @@ std::string_view to_string(Result r) noexcept;
 // One answer line, newline included. A non-empty reason (human text: why the event was rejected,
 // failed to start, or who aborted it) is written as "reason" (added in 0.2) and, for loopers
 // written for 0.1, as "error"; bytes that are not UTF-8 become U+FFFD.
+// duplicate_of (added in 0.2, issue 17): the job that already ran this event successfully;
+// written as "duplicate_of" (an integer) on a `succeeded` answer that ran nothing.
 std::string format_answer(const json& id, Result result, std::optional<int> exit_code,
-                          std::string_view reason = {});
+                          std::string_view reason = {},
+                          std::optional<std::uint64_t> duplicate_of = std::nullopt);
 
 bool valid_utf8(std::string_view s) noexcept;
 

@@ -65,6 +65,7 @@ struct Snapshot {
     std::string state;
     std::uint64_t events_received = 0, events_rejected = 0, jobs_succeeded = 0, jobs_failed = 0;
     std::uint64_t events_superseded = 0, events_throttled = 0;
+    std::uint64_t events_duplicate = 0; // issue 17: dedup
     std::uint32_t jobs_queued = 0, jobs_running = 0;
 };
 

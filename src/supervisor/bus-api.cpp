@@ -68,6 +68,7 @@ Snapshot BusApi::snapshot() const {
     s.jobs_failed = c.jobs_failed;
     s.events_superseded = c.events_superseded;
     s.events_throttled = c.events_throttled;
+    s.events_duplicate = c.events_duplicate;
     s.jobs_queued = static_cast<std::uint32_t>(manager_.jobs_queued());
     s.jobs_running = static_cast<std::uint32_t>(manager_.jobs_running());
     return s;
@@ -113,6 +114,7 @@ void BusApi::emit_properties() {
     add(now.jobs_failed != sent_.jobs_failed, "JobsFailed");
     add(now.events_superseded != sent_.events_superseded, "EventsSuperseded");
     add(now.events_throttled != sent_.events_throttled, "EventsThrottled");
+    add(now.events_duplicate != sent_.events_duplicate, "EventsDuplicate");
     if (names.empty()) return;
     names.push_back(nullptr);
     int r = sd_bus_emit_properties_changed_strv(bus_.get(), kBusObjectPath, kBusInterface, names.data());

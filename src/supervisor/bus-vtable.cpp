@@ -35,6 +35,7 @@ const sd_bus_vtable BusApi::kVtable[] = {
     SD_BUS_PROPERTY("JobsFailed", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("EventsSuperseded", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("EventsThrottled", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("EventsDuplicate", "t", get_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     // The warm runner (supervisor/warm.hpp): read when wanted, no change signal.
     SD_BUS_PROPERTY("WarmRunner", "s", get_property, 0, 0),
     SD_BUS_PROPERTY("WarmRunnerMemory", "t", get_property, 0, 0),
@@ -95,6 +96,7 @@ int BusApi::get_property(sd_bus*, const char*, const char*, const char* property
         if (p == "JobsFailed") return sd_bus_message_append(reply, "t", s.jobs_failed);
         if (p == "EventsSuperseded") return sd_bus_message_append(reply, "t", s.events_superseded);
         if (p == "EventsThrottled") return sd_bus_message_append(reply, "t", s.events_throttled);
+        if (p == "EventsDuplicate") return sd_bus_message_append(reply, "t", s.events_duplicate);
         return sd_bus_error_setf(error, SD_BUS_ERROR_UNKNOWN_PROPERTY, "Unknown property %s", property);
     });
 }

@@ -40,14 +40,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT NOT NULL,
     exit_code INTEGER,
     unit TEXT NOT NULL,
-    error TEXT NOT NULL);
+    error TEXT NOT NULL,
+    dedup_key TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs(job_id);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_usec);
 )";
 
+// De-duplication's lookup (issue 17); after the column is sure to exist.
+constexpr const char* kDedupIndex =
+    "CREATE INDEX IF NOT EXISTS jobs_dedup ON jobs(looper, dedup_key);";
+
 constexpr const char* kColumns =
     "job_id, event_id, looper, routing_key, route, playbook, playbook_sha256, user, queued_usec, "
-    "started_usec, finished_usec, result, exit_code, unit, error";
+    "started_usec, finished_usec, result, exit_code, unit, error, dedup_key";
 
 struct Stmt {
     sqlite3_stmt* s = nullptr;
@@ -81,6 +86,72 @@ std::string column_text(sqlite3_stmt* s, int i) {
 bool is_corruption(int rc) {
     int primary = rc & 0xff;
     return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
+}
+
+// Whether the last run shut down cleanly, kept in the database itself: "running" is 1 from
+// the start of a run to its last flush. A run that finds it 1 follows a SIGKILL or a crash, which
+// lost the batch in memory then (WAL keeps every committed one): that is said in the log, with
+// the last job that was recorded, so that an operator knows where the history has its hole.
+void report_unclean_shutdown(sqlite3* db, const std::string& path) {
+    if (sqlite3_exec(db,
+                     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER "
+                     "NOT NULL)",
+                     nullptr, nullptr, nullptr) != SQLITE_OK)
+        return;
+    Stmt st;
+    bool unclean = false;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'running'", -1, &st.s,
+                           nullptr) == SQLITE_OK &&
+        sqlite3_step(st.s) == SQLITE_ROW)
+        unclean = sqlite3_column_int64(st.s, 0) != 0;
+    if (unclean) {
+        Stmt last;
+        std::int64_t job = 0, seq = 0, finished = 0;
+        if (sqlite3_prepare_v2(db,
+                               "SELECT job_id, seq, finished_usec FROM jobs ORDER BY seq DESC "
+                               "LIMIT 1",
+                               -1, &last.s, nullptr) == SQLITE_OK &&
+            sqlite3_step(last.s) == SQLITE_ROW) {
+            job = sqlite3_column_int64(last.s, 0);
+            seq = sqlite3_column_int64(last.s, 1);
+            finished = sqlite3_column_int64(last.s, 2);
+        }
+        spdlog::warn("history: the last run did not shut down cleanly (killed or crashed): "
+                     "the records it had not yet written are lost (at most one batch, "
+                     "history.batch_size records or history.flush_interval's worth); the last "
+                     "record in {} is #{} (job {}, finished at {} µs since the epoch)",
+                     path, seq, job, finished);
+    }
+    sqlite3_exec(db, "INSERT OR REPLACE INTO meta (key, value) VALUES ('running', 1)", nullptr,
+                 nullptr, nullptr);
+}
+
+// The ledger holds event ids, error texts and (later) bodies: readable by the service user alone.
+// A database created by us has mode 0600 (umask 077 around the open); one made by someone else,
+// or restored from a backup, may not: it, its -wal and its -shm are set to 0600 and the change is
+// logged. A file owned by another user is reported, not taken over (we could not chown it).
+void restrict_mode(const std::string& path) {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+        auto file = path + suffix;
+        struct stat st {};
+        if (::stat(file.c_str(), &st) < 0) continue;
+        if (st.st_uid != geteuid())
+            spdlog::warn("history: {} belongs to uid {}, not to the service user (uid {})", file,
+                         st.st_uid, geteuid());
+        if ((st.st_mode & 077) == 0) continue;
+        if (::chmod(file.c_str(), 0600) < 0)
+            spdlog::error("history: {} has mode {:04o} and cannot be set to 0600: {}", file,
+                          st.st_mode & 07777, std::strerror(errno));
+        else
+            spdlog::warn("history: {} had mode {:04o}; set to 0600 (readable by the service user "
+                         "alone)",
+                         file, st.st_mode & 07777);
+    }
+}
+
+void mark_clean_shutdown(sqlite3* db) {
+    sqlite3_exec(db, "INSERT OR REPLACE INTO meta (key, value) VALUES ('running', 0)", nullptr,
+                 nullptr, nullptr);
 }
 
 } // namespace
@@ -127,7 +198,10 @@ Ledger::Ledger(sd_event* event, HistoryConfig config, std::string path)
     if (r < 0) throw std::runtime_error("ledger timer: " + std::string(std::strerror(-r)));
     sd_event_source_set_description(timer_, "ledger-flush");
     sd_event_source_set_enabled(timer_, SD_EVENT_OFF);
-    if (open()) spdlog::info("history: ledger {}", path_);
+    if (open()) {
+        spdlog::info("history: ledger {}", path_);
+        report_unclean_shutdown(db_, path_);
+    }
 }
 
 Ledger::~Ledger() {
@@ -136,6 +210,7 @@ Ledger::~Ledger() {
     } catch (...) {
         // flush() logs its own faults; nothing else can be done on the way out.
     }
+    if (db_ && pending_.empty()) mark_clean_shutdown(db_);
     close();
     sd_event_source_disable_unref(timer_);
 }
@@ -167,11 +242,20 @@ bool Ledger::open() {
         close();
         return false;
     }
+    restrict_mode(path_);
     // A reader (the D-Bus query) never waits long for the writer: both run on our one thread.
     sqlite3_busy_timeout(db_, 1000);
     // WAL: a commit appends to the log instead of rewriting pages; synchronous=NORMAL syncs at
     // checkpoints only, so a crash may lose the last batch but never corrupts the database.
     if (!exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;") || !exec(kSchema)) {
+        close();
+        return false;
+    }
+    // A ledger written before dedup_key existed (0.2 development builds) gains the column; the
+    // statement fails harmlessly ("duplicate column name") on every other database.
+    sqlite3_exec(db_, "ALTER TABLE jobs ADD COLUMN dedup_key TEXT NOT NULL DEFAULT ''", nullptr,
+                 nullptr, nullptr);
+    if (!exec(kDedupIndex)) {
         close();
         return false;
     }
@@ -245,7 +329,7 @@ void Ledger::flush() {
         return;
     }
     std::string sql =
-        std::string("INSERT INTO jobs (") + kColumns + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+        std::string("INSERT INTO jobs (") + kColumns + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     Stmt st;
     int rc = sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
     if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, &st.s, nullptr);
@@ -270,6 +354,7 @@ void Ledger::flush() {
             sqlite3_bind_null(s, 13);
         bind_text(s, 14, r.unit);
         bind_text(s, 15, r.error);
+        bind_text(s, 16, r.dedup_key);
         rc = sqlite3_step(s);
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
         sqlite3_reset(s);
@@ -353,6 +438,7 @@ std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
         if (sqlite3_column_type(s, 12) != SQLITE_NULL) r.exit_code = sqlite3_column_int(s, 12);
         r.unit = column_text(s, 13);
         r.error = column_text(s, 14);
+        r.dedup_key = column_text(s, 15);
         out.push_back(std::move(r));
     }
     if (rc != SQLITE_DONE) {
@@ -360,6 +446,36 @@ std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
         throw std::runtime_error(std::string("history query: ") + sqlite3_errstr(rc));
     }
     return out;
+}
+
+DedupLookup Ledger::find_success(const std::string& looper, const std::string& dedup_key,
+                                 std::uint64_t since_usec) {
+    using S = DedupLookup::Status;
+    // The batch in memory first: a job that succeeded a moment ago is not on disk yet.
+    for (auto it = pending_.rbegin(); it != pending_.rend(); ++it)
+        if (it->result == "succeeded" && it->finished_usec >= since_usec &&
+            it->dedup_key == dedup_key && it->looper == looper)
+            return {S::found, it->job_id, {}};
+    if (!open()) return {S::error, 0, "the database " + path_ + " cannot be opened"};
+    Stmt st;
+    int rc = sqlite3_prepare_v2(db_,
+                                "SELECT job_id FROM jobs WHERE looper = ?1 AND dedup_key = ?2 AND "
+                                "result = 'succeeded' AND finished_usec >= ?3 "
+                                "ORDER BY seq DESC LIMIT 1",
+                                -1, &st.s, nullptr);
+    if (rc == SQLITE_OK) {
+        bind_text(st.s, 1, looper);
+        bind_text(st.s, 2, dedup_key);
+        sqlite3_bind_int64(st.s, 3, static_cast<sqlite3_int64>(since_usec));
+        rc = sqlite3_step(st.s);
+    }
+    if (rc == SQLITE_ROW) return {S::found, static_cast<JobId>(sqlite3_column_int64(st.s, 0)), {}};
+    if (rc == SQLITE_DONE) return {S::none, 0, {}};
+    std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+    sqlite3_finalize(st.s); // before a rotation closes the database
+    st.s = nullptr;
+    handle_error(rc, "a de-duplication lookup");
+    return {S::error, 0, why};
 }
 
 JobId Ledger::max_job_id() {

@@ -43,6 +43,16 @@ struct LedgerRecord {
     std::optional<int> exit_code{};
     std::string unit{};
     std::string error{}; // the reason of a rejection, a failure's text
+    // What de-duplication looks for (the event's dedup_id, else its id as JSON text); "" when
+    // the looper does not de-duplicate.
+    std::string dedup_key{};
+};
+
+// The answer of Ledger::find_success: a job, none, or a database that could not answer.
+struct DedupLookup {
+    enum class Status { found, none, error } status = Status::none;
+    JobId job_id = 0;
+    std::string error{}; // why the database could not answer
 };
 
 struct LedgerQuery {
@@ -89,6 +99,12 @@ class Ledger {
     // Newest first. Flushes first, so that a job that just ended is found. Throws
     // std::runtime_error on a database error (the D-Bus API turns it into an error reply).
     std::vector<LedgerRecord> query(const LedgerQuery& q);
+    // The newest job of `looper` with this dedup key that succeeded at or after since_usec
+    // (CLOCK_REALTIME), among the written records and the batch not yet written. Uses the index
+    // on (looper, dedup_key). A database error is a value (status error), never an exception:
+    // the caller then runs the event (a duplicate run is better than a lost event).
+    DedupLookup find_success(const std::string& looper, const std::string& dedup_key,
+                             std::uint64_t since_usec);
     // The highest job id recorded, so that ids stay unique across restarts; 0 when none.
     JobId max_job_id();
     const LedgerStats& stats() const noexcept { return stats_; }

@@ -307,6 +307,11 @@ int Manager::run() {
         // Job ids go on from the last recorded one, so that `loopabullctl job ID` names one job.
         next_job_ = std::max(next_job_, ledger_->max_job_id() + 1);
     }
+    for (const auto& l : config_.loopers)
+        if (l.dedup_window && !ledger_)
+            spdlog::warn("looper {}: dedup knows only the jobs in flight: there is no history "
+                         "ledger (set history.path, or run with StateDirectory=)",
+                         l.name);
     if (options_.bus != BusKind::none) {
         bus_api_ = make_bus_api(*this, options_.bus);
         observer_ = bus_api_.get();
@@ -724,6 +729,8 @@ void Manager::flush_rate_limits() {
         spdlog::warn("suppressed {} similar messages (unrouted events) in the last seconds", n);
     if (auto n = throttled_log_.flush())
         spdlog::warn("suppressed {} similar messages (throttled events) in the last seconds", n);
+    if (auto n = duplicate_log_.flush())
+        spdlog::info("suppressed {} similar messages (duplicate events) in the last seconds", n);
     if (auto n = refused_log_.flush())
         spdlog::warn("suppressed {} similar messages (refused D-Bus calls) in the last seconds", n);
 }
@@ -748,6 +755,8 @@ void Manager::ledger_unrouted(const Looper& looper, const std::optional<json>& i
 void Manager::route(Looper& looper, Event ev) {
     log::Fields f{.looper = looper.name(), .routing_key = ev.routing_key};
     log::Scope scope(f);
+    std::string dedup_key;
+    if (deduplicate(looper, ev, dedup_key)) return status_changed();
     auto d = dispatch(config_, ev.routing_key, looper.name(), ev.body,
                       [this](const std::string& rel) {
                           return find_playbook_at(playbooks_dirfd_.get(),
@@ -822,6 +831,7 @@ void Manager::route(Looper& looper, Event ev) {
     job.looper = looper.name();
     job.generation = looper.generation();
     job.playbook = std::move(d.playbook.path);
+    job.dedup_key = std::move(dedup_key);
     if (r) {
         job.route = r->name;
         if (d.serial) job.serial_value = display_value(d.serial_value);
@@ -830,6 +840,7 @@ void Manager::route(Looper& looper, Event ev) {
     job.queued_usec = now_realtime_usec();
     JobId id = job.id;
     auto& stored = jobs_.emplace(id, std::move(job)).first->second;
+    dedup_started(stored);
     if (observer_) observer_->job_new(info(stored));
     if (d.serial) {
         if (auto replaced = scheduler_.enqueue(id, std::move(*d.serial), r->coalesce))
@@ -855,11 +866,11 @@ Explanation Manager::explain(const std::string& routing_key, const std::string& 
 
 void Manager::answer(const std::string& looper, std::uint64_t generation,
                      const std::optional<json>& id, Result result, std::optional<int> exit_code,
-                     std::string_view error) {
+                     std::string_view error, std::optional<JobId> duplicate_of) {
     if (!id) return;
     auto it = loopers_.find(looper);
     if (it == loopers_.end()) return;
-    it->second->answer(generation, format_answer(*id, result, exit_code, error));
+    it->second->answer(generation, format_answer(*id, result, exit_code, error, duplicate_of));
 }
 
 void Manager::start_jobs() {
@@ -962,10 +973,6 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
     else
         spdlog::error("job {} ({}) {}", id, job.routing_key, result_message(outcome));
-    // A timeout's text ("timed out after 30min") is for the log and GetJob: the answer's
-    // result already says it, and the protocol carries an error only for other results.
-    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
-           outcome.result == Result::timeout ? std::string() : outcome.error);
     if (job.admitted) scheduler_.finished(id);
     auto done = info(job);
     done.state = "finished";
@@ -991,7 +998,14 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
                          .result = std::string(to_string(outcome.result)),
                          .exit_code = outcome.exit_code,
                          .unit = outcome.unit,
-                         .error = done.error});
+                         .error = done.error,
+                         .dedup_key = job.dedup_key});
+    dedup_finishing(job, outcome.result);
+    // A timeout's text ("timed out after 30min") is for the log and GetJob: the answer's
+    // result already says it, and the protocol carries an error only for other results.
+    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
+           outcome.result == Result::timeout ? std::string() : outcome.error);
+    dedup_finished(job, outcome);
     if (observer_) observer_->job_removed(done);
     status_changed();
 }

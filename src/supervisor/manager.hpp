@@ -98,6 +98,15 @@ struct Job {
     std::string route;        // the route that took it; empty without routes
     std::string serial_value; // shown on D-Bus; empty when the route does not serialize
     std::optional<JobId> superseded_by;
+    // De-duplication (issue 17): the key looked up, "" when the looper does not de-duplicate;
+    // the same event delivered again while this job was queued or running, answered with its
+    // outcome when it ends (manager-dedup.cpp).
+    std::string dedup_key;
+    struct Follower {
+        std::uint64_t generation;
+        json id;
+    };
+    std::vector<Follower> followers;
 };
 
 struct Counters {
@@ -108,6 +117,7 @@ struct Counters {
     std::uint64_t jobs_failed = 0; // failed, timeout, cancelled and aborted
     std::uint64_t events_superseded = 0; // replaced by a newer event (coalesce)
     std::uint64_t events_throttled = 0;  // not run: their value ran within the window
+    std::uint64_t events_duplicate = 0;  // not run: already succeeded (a looper's dedup)
 };
 
 class Manager final : public LooperHost, public ExecutorHost {
@@ -182,7 +192,17 @@ class Manager final : public LooperHost, public ExecutorHost {
     void reject(Looper& looper, const std::optional<json>& id, const std::string& reason);
     void route(Looper& looper, Event event);
     void answer(const std::string& looper, std::uint64_t generation, const std::optional<json>& id,
-                Result result, std::optional<int> exit_code, std::string_view error = {});
+                Result result, std::optional<int> exit_code, std::string_view error = {},
+                std::optional<JobId> duplicate_of = std::nullopt);
+    // De-duplication (manager-dedup.cpp). deduplicate(): true when the event was a duplicate
+    // and has been answered or attached to the job that runs it; sets the key of a new job.
+    bool deduplicate(Looper& looper, const Event& ev, std::string& key);
+    void dedup_started(const Job& job);
+    // Before the job's own answer: makes a success durable (one transaction), so that the
+    // looper's ack never precedes the record a redelivery is checked against.
+    void dedup_finishing(const Job& job, Result result);
+    // After it: answers the followers and forgets the job.
+    void dedup_finished(const Job& job, const Outcome& outcome);
     void start_jobs();
     std::optional<std::string> launch(Job& job);
     std::optional<std::string> write_vars(Job& job);
@@ -231,6 +251,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     LogRateLimit refused_log_{20, std::chrono::seconds(10)};
     LogRateLimit unrouted_log_{20, std::chrono::seconds(10)};
     LogRateLimit throttled_log_{20, std::chrono::seconds(10)};
+    LogRateLimit duplicate_log_{20, std::chrono::seconds(10)};
     std::optional<CgroupTree> cgroup_tree_;  // our delegated cgroup, set up
     std::string no_cgroup_reason_;           // why there is none
     std::unique_ptr<ProcessRecords> records_;
@@ -249,6 +270,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::unique_ptr<ManagerObserver> bus_api_;
     std::unique_ptr<Ledger> ledger_; // after event_: its timer goes first
     std::deque<JobInfo> history_; // recently finished jobs, newest last
+    // Queued and running jobs of de-duplicating loopers by "looper\ndedup key".
+    std::unordered_map<std::string, JobId> dedup_inflight_;
     bool intake_open_ = true;
     bool status_dirty_ = false;
     bool notify_ = false;

@@ -731,3 +731,91 @@ def test_envelope_runs_the_topic_of_a_serializer_envelope(tmp_path, broker):
         [run] = [r for r in records(record) if r["stage"] == "done"]
         assert (run["key"], run["msg"], run["id"]) == (fedmsg["topic"], fedmsg, "wrapped")
         sup.wait_log(r"\(org.nothing, message id nowhere\): unrouted \(attempt 1\); ack")
+
+
+# Issue 17, de-duplication: a job that waits for a gate file, so that the test decides when it
+# ends; each run appends "start" and "done".
+GATED = """#!/bin/sh
+echo start >> RUNS
+while [ ! -e GATE ]; do sleep 0.05; done
+echo done >> RUNS
+"""
+
+
+def dedup_setup(tmp, broker, queue):
+    (tmp / "playbooks").mkdir(exist_ok=True)
+    (tmp / "playbooks" / "amqp.once.yml").write_text("- hosts: localhost\n")
+    script = tmp / "gated-run"
+    script.write_text(GATED.replace("RUNS", str(tmp / "runs")).replace("GATE", str(tmp / "gate")))
+    script.chmod(0o755)
+    cfg = amqp_config(tmp, broker, queue, script)
+    cfg["loopers"][0]["dedup"] = {"window": "1h"}
+    # No batch is written by the timer during the test: a dedup success must be committed
+    # before its answer, by itself.
+    cfg["history"] = {"path": str(tmp / "history.sqlite"), "flush_interval": "1min"}
+    return cfg
+
+
+def gated_runs(tmp):
+    p = tmp / "runs"
+    return p.read_text().split() if p.exists() else []
+
+
+def test_dedup_a_message_redelivered_after_a_broker_restart_runs_once(tmp_path, broker):
+    """The broker restarts while the message's job runs: the ack of the first delivery can no
+    longer be sent, so the broker delivers the message again. With dedup, the redelivery (a new
+    event id, the same dedup_id: its message_id) waits for the running job and is acked with
+    its success; the playbook ran once."""
+    cfg = dedup_setup(tmp_path, broker, "dedup-restart")
+    with supervising(tmp_path, cfg) as sup:
+        sup.wait_log("consuming queue 'dedup-restart'")
+        broker.publish("amqp.once", [b"{}"], message_ids=["only-once"])
+        wait_until(lambda: gated_runs(tmp_path) == ["start"], 30, what="the job to start")
+        broker.restart()
+        sup.wait_log("is a duplicate of job 1, which has not ended", timeout=90)
+        (tmp_path / "gate").touch()
+        wait_empty(broker, "dedup-restart")
+        assert gated_runs(tmp_path) == ["start", "done"]
+        assert "came after its connection was lost" in sup.log
+
+
+def test_dedup_a_message_redelivered_after_loopabull_is_killed_runs_once(tmp_path, broker):
+    """loopabull is SIGKILLed after the job succeeded and before the looper acked the message
+    (the looper is stopped with SIGSTOP so that it cannot): the broker delivers the message
+    again to the next loopabull, which finds the success in the ledger (committed before the
+    answer, not with the next batch: flush_interval is 1min) and acks it without running it."""
+    cfg = dedup_setup(tmp_path, broker, "dedup-kill")
+    sup = Supervisor(tmp_path, cfg)
+    looper = None
+    try:
+        sup.wait_log("consuming queue 'dedup-kill'")
+        broker.publish("amqp.once", [b"{}"], message_ids=["kill-once"])
+        wait_until(lambda: gated_runs(tmp_path) == ["start"], 30, what="the job to start")
+        looper = int(subprocess.run(["pgrep", "-P", str(sup.proc.pid), "-x", "amqp"],
+                                    capture_output=True, text=True, check=True).stdout.split()[0])
+        os.kill(looper, signal.SIGSTOP)
+        (tmp_path / "gate").touch()
+
+        def recorded():
+            import sqlite3
+            db = sqlite3.connect(f"file:{tmp_path / 'history.sqlite'}?mode=ro", uri=True)
+            try:
+                return db.execute("SELECT count(*) FROM jobs WHERE result = 'succeeded'"
+                                  ).fetchone()[0] == 1
+            finally:
+                db.close()
+        wait_until(recorded, 30, what="the success in the ledger")
+        sup.kill()  # SIGKILL
+        os.kill(looper, signal.SIGKILL)
+        wait_until(lambda: broker.queue_counts("dedup-kill") == (1, 0), 60,
+                   what="the broker to take the unacked message back")
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
+        if looper:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(looper, signal.SIGKILL)
+    with supervising(tmp_path, cfg) as again:
+        again.wait_log("already succeeded as job 1 within the dedup window", timeout=60)
+        wait_empty(broker, "dedup-kill")
+    assert gated_runs(tmp_path) == ["start", "done"]

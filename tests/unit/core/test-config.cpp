@@ -132,7 +132,8 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
                                           .restart_delay_max = 1min,
                                           .restart_limit = 5,
                                           .max_line_length = 1 << 20,
-                                          .routing_keys = std::nullopt}));
+                                          .routing_keys = std::nullopt,
+                                          .dedup_window = std::nullopt}));
 
     const auto& a = c.ansible;
     EXPECT_EQ(a.playbooks_dir, "/srv/playbooks");
@@ -203,7 +204,8 @@ executor:
                             .restart_delay_max = 2h,
                             .restart_limit = 0,
                             .max_line_length = 64 << 10,
-                            .routing_keys = std::nullopt}));
+                            .routing_keys = std::nullopt,
+                            .dedup_window = std::nullopt}));
     EXPECT_EQ(c.loopers[1].name, "second_one");
     // One string is the whole argv[0], not split on spaces.
     EXPECT_EQ(c.loopers[1].command, std::vector<std::string>{"/opt/loopers/mine --verbose"});
@@ -1068,4 +1070,25 @@ TEST(Config, HistoryKeys) {
     EXPECT_TRUE(h.record_unrouted);
     auto bad = errors_of(with_top("history:\n  flush_interval: 2min\n  max_age: 0s\n  color: red\n"));
     ASSERT_EQ(bad.size(), 3u);
+}
+
+// --- dedup (issue 17) ---
+
+TEST(Config, DedupWindowIsReadAndChecked) {
+    EXPECT_FALSE(parsed(with_looper("")).loopers[0].dedup_window);
+    EXPECT_EQ(parsed(with_looper("    dedup: {window: 24h}\n")).loopers[0].dedup_window,
+              usec(std::chrono::hours(24)));
+    error_with(with_looper("    dedup: {}\n"), "'dedup' needs a 'window' (for example 24h)");
+    error_with(with_looper("    dedup: {window: 0s}\n"), "'dedup.window' must be more than 0");
+    auto e = errors_of(with_looper("    dedup: {window: 1h, per: x}\n"));
+    EXPECT_NE(describe(e).find("per"), std::string::npos) << describe(e);
+    // It looks successes up in the ledger: history on, and keeping them long enough.
+    auto off = errors_of(config_with("history: {enabled: false}\n", "    dedup: {window: 1h}\n"));
+    EXPECT_NE(describe(off).find("history.enabled: false"), std::string::npos) << describe(off);
+    auto shorter = errors_of(config_with("history: {max_age: 1h}\n", "    dedup: {window: 2h}\n"));
+    EXPECT_NE(describe(shorter).find("longer than 'history.max_age'"), std::string::npos)
+        << describe(shorter);
+    EXPECT_TRUE(parsed(config_with("history: {max_age: 1h}\n", "    dedup: {window: 1h}\n"))
+                    .loopers[0]
+                    .dedup_window);
 }

@@ -531,3 +531,28 @@ TEST(LineReader, HasLineWhileDiscardingAnOverlongTail) {
     bool has_line = reader.has_line();
     EXPECT_EQ(has_line, reader.next().has_value());
 }
+
+// --- de-duplication (issue 17, added in 0.2) ---
+
+TEST(ParseEvent, DedupIdIsReadAndChecked) {
+    auto e = event_of(R"({"routing_key": "a", "id": "1-7", "dedup_id": "msg-uuid"})");
+    ASSERT_TRUE(e.dedup_id);
+    EXPECT_EQ(*e.dedup_id, "msg-uuid");
+    EXPECT_FALSE(event_of(R"({"routing_key": "a", "id": 1})").dedup_id);
+    // Not a string, empty or too long: rejected, with the id so that the looper is answered.
+    for (auto bad :
+         {R"({"routing_key": "a", "id": "x", "dedup_id": 5})"s,
+          R"({"routing_key": "a", "id": "x", "dedup_id": ""})"s,
+          R"({"routing_key": "a", "id": "x", "dedup_id": ")"s + std::string(257, 'd') + "\"}"}) {
+        auto r = rejection_of(bad);
+        EXPECT_NE(r.reason.find("dedup_id"), std::string::npos) << r.reason;
+        EXPECT_EQ(r.id, json("x"));
+    }
+}
+
+TEST(FormatAnswer, DuplicateOfNamesTheEarlierJob) {
+    EXPECT_EQ(answer_of(format_answer("e", Result::succeeded, std::nullopt, {}, 4711)),
+              json::parse(R"({"id": "e", "result": "succeeded", "exit_code": null,
+                              "duplicate_of": 4711})"));
+    EXPECT_FALSE(answer_of(format_answer("e", Result::succeeded, 0)).contains("duplicate_of"));
+}

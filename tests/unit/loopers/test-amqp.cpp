@@ -198,6 +198,7 @@ TEST(AmqpMessage, EventCarriesMsgTopicHeadersAndId) {
     EXPECT_EQ(e["body"]["topic"], "org.x.y");
     EXPECT_EQ(e["body"]["id"], "abc");
     EXPECT_EQ(e["body"]["headers"]["sent-at"], "now");
+    EXPECT_EQ(e["dedup_id"], "abc"); // the message id: the same on every redelivery
 }
 
 TEST(AmqpMessage, BadBodiesAreRefused) {
@@ -404,4 +405,18 @@ TEST(AmqpOptions, Legacy007TlsMeansPort5671AndExternal) {
     EXPECT_NE(error_of({{"queue", "q"}, {"credentials", {{"password", nullptr}}}})
                   .find("credentials.password"),
               std::string::npos);
+}
+
+TEST(AmqpMessage, DedupIdIsStableWithoutMessageId) {
+    // No message_id: a hash of key and body, the same for every delivery of the message and
+    // different for another body or key.
+    auto a = dedup_id("k.x", R"({"a":1})", json::object());
+    EXPECT_EQ(a.rfind("sha256:", 0), 0u);
+    EXPECT_EQ(a.size(), 7u + 64u);
+    EXPECT_EQ(a, dedup_id("k.x", R"({"a":1})", {{"headers", {{"x-attempts", 2}}}}));
+    EXPECT_NE(a, dedup_id("k.x", R"({"a":2})", json::object()));
+    EXPECT_NE(a, dedup_id("k.y", R"({"a":1})", json::object()));
+    // A message id too long for the protocol's 256 bytes is hashed as well.
+    EXPECT_EQ(dedup_id("k", "{}", {{"message_id", std::string(300, 'm')}}).rfind("sha256:", 0), 0u);
+    EXPECT_EQ(dedup_id("k", "{}", {{"message_id", "m-1"}}), "m-1");
 }
