@@ -113,5 +113,7 @@ void read_legacy_007(Reader& r, const YAML::Node& root, Config& c);
 
 // The "history" section (config-history.cpp).
 void read_history(Reader& r, const YAML::Node& node, Config& c);
+// The "metrics" section (config-metrics.cpp).
+void read_metrics(Reader& r, const YAML::Node& node, Config& c);
 
 } // namespace loopabull::config_detail

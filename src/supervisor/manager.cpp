@@ -307,6 +307,7 @@ int Manager::run() {
         // Job ids go on from the last recorded one, so that `loopabullctl job ID` names one job.
         next_job_ = std::max(next_job_, ledger_->max_job_id() + 1);
     }
+    metrics_file_ = std::make_unique<MetricsFile>(event_.get(), [this] { return metrics_text(); });
     if (options_.bus != BusKind::none) {
         bus_api_ = make_bus_api(*this, options_.bus);
         observer_ = bus_api_.get();
@@ -370,10 +371,12 @@ void Manager::apply(Config config) {
     auto wanted = config.loopers;
     configure_warm(config);
     config_ = std::move(config);
+    metrics_.set_max_keys(config_.metrics.max_keys);
     apply_loopers(wanted);
     start_jobs();
     update_intake();
     check_loopers_failed();
+    if (metrics_file_) metrics_file_->configure(config_.metrics); // after the loopers: listed
 }
 
 // Replaced on every apply (reload): the new configuration, sandbox or environment is the one its
@@ -739,6 +742,7 @@ void Manager::reject(Looper& looper, const std::optional<json>& id, const std::s
 void Manager::route(Looper& looper, Event ev) {
     log::Fields f{.looper = looper.name(), .routing_key = ev.routing_key};
     log::Scope scope(f);
+    metrics_.key_seen(ev.routing_key, static_cast<double>(now_realtime_usec() / 1000000));
     auto d = dispatch(config_, ev.routing_key, looper.name(), ev.body,
                       [this](const std::string& rel) {
                           return find_playbook_at(playbooks_dirfd_.get(),
@@ -836,6 +840,7 @@ Explanation Manager::explain(const std::string& routing_key, const std::string& 
 void Manager::answer(const std::string& looper, std::uint64_t generation,
                      const std::optional<json>& id, Result result, std::optional<int> exit_code,
                      std::string_view error) {
+    metrics_.event(looper, result); // every event ends here once, with its final result
     if (!id) return;
     auto it = loopers_.find(looper);
     if (it == loopers_.end()) return;
@@ -950,6 +955,9 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
     done.unit = outcome.unit;
     done.error = error_text(outcome);
     done.superseded_by = superseded_by;
+    metrics_.job_done(job.routing_key, job.route, outcome.result,
+                      job.started_usec ? static_cast<double>(done.finished_usec - job.started_usec) / 1e6
+                                       : -1.0); // never started: no duration
     remember(done);
     if (ledger_)
         ledger_->record({.job_id = id,
@@ -1013,6 +1021,23 @@ ManagerState Manager::state() const noexcept {
     if (!started_) return ManagerState::starting;
     if (loopers_failed_) return ManagerState::failed;
     return paused_ ? ManagerState::paused : ManagerState::running;
+}
+
+std::string Manager::metrics_text() const {
+    MetricsSnapshot s;
+    s.queue_length = scheduler_.queued();
+    s.jobs_running = scheduler_.running();
+    for (auto& [name, l] : loopers_)
+        s.loopers.push_back({name, l->restarts()});
+    if (ledger_) {
+        auto& st = ledger_->stats();
+        s.ledger = true;
+        s.ledger_written = st.written;
+        s.ledger_dropped = st.dropped;
+        s.ledger_errors = st.errors;
+        s.ledger_rotations = st.rotations;
+    }
+    return metrics_.render(s);
 }
 
 std::vector<LooperInfo> Manager::loopers() const {
