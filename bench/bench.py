@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -366,6 +367,64 @@ class Bench:
                         note="the same per second of the supervisor's own CPU time")
             self.record("event_path", f"{name}_ratio", ratio[k], "x",
                         note="events/s through 20 routes / events/s without routes, same run")
+
+    # 1c. event path and jobs with the ledger on (issue 17)
+    def ledger_size(self, db):
+        """Rows in the ledger, and the bytes of its files (database, WAL, shared memory)."""
+        con = sqlite3.connect(db)
+        try:
+            rows = con.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        finally:
+            con.close()
+        files = [Path(str(db) + sfx) for sfx in ("", "-wal", "-shm")]
+        return rows, sum(f.stat().st_size for f in files if f.exists())
+
+    def event_path_ledger(self):
+        """The same events with the ledger off and on (history.record_unrouted: every event is a
+        record, the most the ledger can be asked to write), in one run; then /bin/true jobs, each
+        recorded, against the same jobs without a ledger. The ledger after the runs (over
+        --ledger-events records each) must hold at most history.max_jobs records."""
+        n, keep = self.args.ledger_events, self.args.ledger_max_jobs
+        off, on, ratio, jobs_ratio, rows, sizes = [], [], [], [], [], []
+        true = {"playbook_cmd": ["/bin/true"]}
+        for i in range(self.args.reps):
+            db = self.tmp / f"ledger-{i}.sqlite"
+            hist = {"history": {"path": str(db), "record_unrouted": True, "max_jobs": keep}}
+            p = self.looper_run(n, "bench.unrouted")
+            r = self.looper_run(n, "bench.unrouted", extra=hist)
+            assert p["unrouted"] == n and r["unrouted"] == n, (p, r)
+            off.append(p["events_per_s"])
+            on.append(r["events_per_s"])
+            ratio.append(r["events_per_s"] / p["events_per_s"])
+            count, size = self.ledger_size(db)
+            rows.append(count)
+            sizes.append(size)
+            assert count <= keep, f"{count} records kept, history.max_jobs {keep}"
+            m = self.args.jobs
+            jp = self.looper_run(m, "bench.job", max_parallel=2, queue_size=m, **true)
+            jr = self.looper_run(m, "bench.job", max_parallel=2, queue_size=m, **true,
+                                 extra={"history": {"path": str(self.tmp / f"jobs-{i}.sqlite")}})
+            assert jp["succeeded"] == m and jr["succeeded"] == m, (jp, jr)
+            assert self.ledger_size(self.tmp / f"jobs-{i}.sqlite")[0] == m
+            jobs_ratio.append(jr["elapsed_s"] and (m / jr["elapsed_s"]) / (m / jp["elapsed_s"]))
+            self.log(f"ledger {i + 1}: {r['events_per_s']:.0f} events/s recorded, "
+                     f"{p['events_per_s']:.0f} without ({ratio[-1]:.2f}x); {count} records kept "
+                     f"of {n} ({size / 1e6:.1f} MB); /bin/true jobs {jobs_ratio[-1]:.2f}x")
+        self.record("event_path", "ledger_events_per_s", on, "events/s", ">= 100000",
+                    lambda v: v >= 100000,
+                    note="every event a ledger record (history.record_unrouted)")
+        self.record("event_path", "ledger_off_events_per_s", off, "events/s",
+                    note="the same events, same run, no ledger")
+        self.record("event_path", "ledger_ratio", ratio, "x",
+                    note="events/s with the ledger / without")
+        self.record("event_path", "ledger_jobs_ratio", jobs_ratio, "x",
+                    note="/bin/true jobs/s (max_parallel 2), each recorded / no ledger")
+        self.record("event_path", "ledger_rows_kept", rows, "records", f"<= {keep}",
+                    lambda v: v <= keep,
+                    note=f"after {n} records, history.max_jobs {keep}")
+        self.record("event_path", "ledger_bytes", sizes, "bytes",
+                    note="database + WAL after the run (deleted rows' pages are reused, not "
+                         "returned)")
 
     # 2. direct executor
     def direct(self):
@@ -793,7 +852,12 @@ def main():
     ap.add_argument("--scope-jobs", type=int, default=200)
     ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--queued", type=int, default=100000)
-    ap.add_argument("--only", nargs="+", choices=["event_path", "event_path_routes", "direct",
+    ap.add_argument("--ledger-events", type=int, default=1000000,
+                    help="events of the ledger scenario (each one a ledger record)")
+    ap.add_argument("--ledger-max-jobs", type=int, default=100000,
+                    help="history.max_jobs of the ledger scenario")
+    ap.add_argument("--only", nargs="+", choices=["event_path", "event_path_routes",
+                                                    "event_path_ledger", "direct",
                                                     "scope", "cgroup", "ansible", "memory", "startup",
                                                     "warm"])
     ap.add_argument("--docs", action="store_true",
@@ -804,7 +868,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     info = machine_info()
-    order = ["startup", "event_path", "event_path_routes", "direct", "memory", "scope", "cgroup",
+    order = ["startup", "event_path", "event_path_routes", "event_path_ledger", "direct", "memory", "scope", "cgroup",
              "ansible", "warm"]
     try:
         for name in order:

@@ -416,7 +416,7 @@ void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
 const std::vector<std::string_view> kTopKeys = {
     "loglevel", "routing_keys", "runtime_dir", "loopers",
     "ansible",  "executor",     "routes",      "exit_without_loopers",
-    "history"};
+    "history",  "metrics"};
 
 // "off", or a duration above 0.
 void read_exit_without_loopers(Reader& r, const YAML::Node& node, Config& c) {
@@ -459,6 +459,7 @@ void read_current(Reader& r, const YAML::Node& root, Config& c) {
     if (auto v = root["exit_without_loopers"]) read_exit_without_loopers(r, v, c);
     if (auto v = root["history"]) read_history(r, v, c);
     check_dedup(r, root, c);
+    if (auto v = root["metrics"]) read_metrics(r, v, c);
 }
 
 } // namespace loopabull::config_detail

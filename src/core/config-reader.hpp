@@ -118,5 +118,7 @@ void read_dedup(Reader& r, const YAML::Node& node, LooperConfig& lc);
 // After the history section: dedup looks successes up in the ledger, so it needs history on
 // and a window no longer than history.max_age (older rows are pruned).
 void check_dedup(Reader& r, const YAML::Node& root, const Config& c);
+// The "metrics" section (config-metrics.cpp).
+void read_metrics(Reader& r, const YAML::Node& node, Config& c);
 
 } // namespace loopabull::config_detail

@@ -106,6 +106,16 @@ struct HistoryConfig {
     bool operator==(const HistoryConfig&) const = default;
 };
 
+// Metrics in the Prometheus text format (issue 17; loopabull.yml(5) "metrics",
+// core/metrics.hpp). GetMetrics() answers whatever textfile says.
+struct MetricsConfig {
+    std::optional<std::string> textfile; // nullopt: no file is written (the default)
+    usec interval = std::chrono::seconds(15); // how often textfile is rewritten
+    std::size_t max_keys = 100; // routing keys with series of their own; others: "other"
+
+    bool operator==(const MetricsConfig&) const = default;
+};
+
 struct Config {
     std::string path;
     std::string dialect; // "loopabull", "legacy-readme" or "legacy-0.0.7"
@@ -117,6 +127,7 @@ struct Config {
     AnsibleConfig ansible;
     ExecutorConfig executor;
     HistoryConfig history;
+    MetricsConfig metrics;
     // With every looper failed this long, loopabull exits with status 1; nullopt: never.
     std::optional<usec> exit_without_loopers = std::chrono::minutes(5);
 };

@@ -4,6 +4,7 @@
 #include "ctl/submit.hpp"
 #include "ctl/history.hpp"
 #include "ctl/ctl-routes.hpp"
+#include "ctl/ctl-metrics.hpp"
 #include "shared/dbus-names.hpp"
 
 #include "build-config.h"
@@ -59,6 +60,8 @@ Commands:
                     finished jobs and rejected events from the history, newest first;
                     PATTERN is a shell glob on the routing key, TIME "6h", "@SECONDS"
                     or a UTC "YYYY-MM-DD[THH:MM[:SS]]"; N at most 10000 (default 100)
+  metrics           counters, gauges and job durations in the Prometheus text format
+                    (what metrics.textfile holds; --json: one object a sample)
   cancel ID         cancel a queued or running job
   pause             stop taking new events (running jobs go on)
   resume            take new events again
@@ -174,7 +177,8 @@ Options parse_args(int argc, char** argv) {
         return o;
     }
     static const std::map<std::string, std::size_t> arity = {
-        {"status", 0}, {"jobs", 0}, {"job", 1}, {"cancel", 1}, {"pause", 0}, {"resume", 0}, {"reload", 0}, {"history", 0}};
+        {"status", 0}, {"jobs", 0}, {"job", 1}, {"cancel", 1}, {"pause", 0}, {"resume", 0}, {"reload", 0}, {"history", 0},
+        {"metrics", 0}};
     auto it = arity.find(o.command);
     if (it == arity.end()) usage_error("unknown command '" + o.command + "'");
     if (o.args.size() != it->second)
@@ -638,6 +642,14 @@ int cmd_history(Client& c, const Options& o) {
     return kOk;
 }
 
+int cmd_metrics(Client& c, const Options& o) {
+    auto reply = c.call(kBusInterface, "GetMetrics", [](sd_bus_message*) { return 0; });
+    const char* text = nullptr;
+    check_read(sd_bus_message_read(reply.get(), "s", &text));
+    loopabull::ctl::print_metrics(text, o.json);
+    return kOk;
+}
+
 // ---- polkit agent -----------------------------------------------------------------------------
 
 // As systemctl does: on a terminal, a text agent that can ask for the password, registered
@@ -711,6 +723,7 @@ int main(int argc, char** argv) {
         if (o.command == "jobs") return cmd_jobs(c, o);
         if (o.command == "job") return cmd_job(c, o);
         if (o.command == "history") return cmd_history(c, o);
+        if (o.command == "metrics") return cmd_metrics(c, o);
         if (o.command == "explain")
             return loopabull::ctl::cmd_explain(o.args, o.looper, o.json, [&](const std::string& key, const std::string& body,
                                                                   const std::string& looper) {

@@ -111,6 +111,7 @@ private:
     static int list_jobs(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int list_history(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
+    static int get_metrics(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int cancel_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int pause(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int resume(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;

@@ -56,6 +56,9 @@ const sd_bus_vtable BusApi::kVtable[] = {
                                  SD_BUS_PARAM(since_usec) SD_BUS_PARAM(limit),
                              "s", SD_BUS_PARAM(records), list_history,
                              SD_BUS_VTABLE_UNPRIVILEGED),
+    // Issue 17: the Prometheus text, as metrics.textfile holds it; open to readers.
+    SD_BUS_METHOD_WITH_NAMES("GetMetrics", "", "", "s", SD_BUS_PARAM(text), get_metrics,
+                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("GetJobRouting", "t", SD_BUS_PARAM(id), "sst",
                              SD_BUS_PARAM(route) SD_BUS_PARAM(serialize_value)
                                  SD_BUS_PARAM(superseded_by),
@@ -245,6 +248,13 @@ int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noex
             static_cast<std::uint64_t>(job->queued_usec), static_cast<std::uint64_t>(job->started_usec),
             static_cast<std::uint64_t>(job->finished_usec), result.c_str(),
             static_cast<std::int32_t>(job->exit_code.value_or(-1)), job->error.c_str());
+    });
+}
+
+int BusApi::get_metrics(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        return sd_bus_reply_method_return(m, "s", self->manager_.metrics_text().c_str());
     });
 }
 

@@ -47,6 +47,9 @@ class JournalSink final : public spdlog::sinks::base_sink<spdlog::details::null_
             if (!f->job.empty()) fields.push_back("LOOPABULL_JOB=" + std::string(f->job));
             if (!f->routing_key.empty())
                 fields.push_back("LOOPABULL_ROUTING_KEY=" + std::string(f->routing_key));
+            if (!f->result.empty()) fields.push_back("LOOPABULL_RESULT=" + std::string(f->result));
+            if (!f->message_id.empty())
+                fields.push_back("MESSAGE_ID=" + std::string(f->message_id));
         }
         std::vector<iovec> iov;
         for (auto& s : fields)

@@ -4,6 +4,7 @@
 
 #include "core/dispatch.hpp"
 #include "core/config.hpp"
+#include "core/metrics.hpp"
 #include "core/routing.hpp"
 #include "core/scheduler.hpp"
 #include "core/unique-fd.hpp"
@@ -12,6 +13,7 @@
 #include "supervisor/executor.hpp"
 #include "supervisor/ledger.hpp"
 #include "supervisor/looper.hpp"
+#include "supervisor/metrics-file.hpp"
 #include "supervisor/proc-tree.hpp"
 #include "supervisor/scope.hpp"
 #include "supervisor/sd-ptr.hpp"
@@ -165,6 +167,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::uint64_t warm_rss_bytes() const;
     sd_event* event() const noexcept { return event_.get(); }
     Ledger* ledger() const noexcept { return ledger_.get(); } // null when history is off
+    // The Prometheus text (core/metrics.hpp): GetMetrics() and metrics.textfile.
+    std::string metrics_text() const;
 
   private:
     static int on_signal(sd_event_source*, const signalfd_siginfo*, void*) noexcept;
@@ -272,6 +276,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     std::deque<JobInfo> history_; // recently finished jobs, newest last
     // Queued and running jobs of de-duplicating loopers by "looper\ndedup key".
     std::unordered_map<std::string, JobId> dedup_inflight_;
+    Metrics metrics_;
+    std::unique_ptr<MetricsFile> metrics_file_; // after what it reads: its timer renders them
     bool intake_open_ = true;
     bool status_dirty_ = false;
     bool notify_ = false;

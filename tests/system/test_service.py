@@ -240,6 +240,21 @@ def test_event_runs_its_playbook_and_the_api_shows_it(service):
     assert m.run(["stat", "-c", "%U", "/var/lib/loopabull/releng/ran-1"]).stdout.strip() == "loopabull"
     assert service.busctl("get-property", bus_name("releng"), OBJECT, IFACE, "JobsSucceeded").stdout == "t 1\n"
     assert service.get("releng", "EventsReceived") == 1
+    # Issue 17: the job's start and end messages carry the MESSAGE_IDs of catalog/loopabull.catalog
+    # (installed; a package's trigger runs --update-catalog), so journalctl finds every job by
+    # them and -x explains them.
+    m.run(["journalctl", "--update-catalog"])
+    started = m.journal(output="json", args=("MESSAGE_ID=616a2627c52b4efaa9fdaf5c539cb6f8",))
+    [s1] = [json.loads(l) for l in started.splitlines() if json.loads(l).get("LOOPABULL_JOB") == "1"]
+    assert (s1["LOOPABULL_ROUTING_KEY"], s1["LOOPABULL_LOOPER"]) == ("test.hello", "spool")
+    assert s1["MESSAGE"].startswith("job 1 started: test.hello")
+    ended = wait_until(lambda: m.journal(output="json", args=("MESSAGE_ID=5567f895ecde4aef8480d4c79b8aef64",
+                                                              "LOOPABULL_JOB=1")).strip(), 10,
+                       what="the end message of job 1")
+    assert json.loads(ended.splitlines()[-1])["LOOPABULL_RESULT"] == "succeeded"
+    explained = m.journal(output="short", args=("-x", "MESSAGE_ID=5567f895ecde4aef8480d4c79b8aef64",
+                                                "LOOPABULL_JOB=1"))
+    assert "Subject: loopabull job 1 ended: succeeded" in explained, explained
     # A running job in ListJobs and GetJob.
     service.drop("releng", "test.slow", {"seconds": 60})
     wait_until(lambda: service.get("releng", "JobsRunning") == 1, 30, what="the slow job to run")

@@ -1052,6 +1052,22 @@ TEST(ParseLogLevel, NamesInAnyCase) {
     EXPECT_EQ(parse_log_level("info "), std::nullopt);
 }
 
+// Issue 17: the metrics section's keys, defaults and bounds.
+TEST(Config, MetricsKeys) {
+    auto d = parsed(with_top(""));
+    EXPECT_EQ(d.metrics.textfile, std::nullopt); // off unless configured
+    EXPECT_EQ(d.metrics.interval, std::chrono::seconds(15));
+    EXPECT_EQ(d.metrics.max_keys, 100u);
+    auto c = parsed(with_top("metrics:\n  textfile: /var/lib/node-exporter/loopabull.prom\n"
+                             "  interval: 30s\n  max_keys: 20\n"));
+    EXPECT_EQ(c.metrics.textfile,
+              std::optional<std::string>("/var/lib/node-exporter/loopabull.prom"));
+    EXPECT_EQ(c.metrics.interval, std::chrono::seconds(30));
+    EXPECT_EQ(c.metrics.max_keys, 20u);
+    auto bad = errors_of(with_top("metrics:\n  interval: 100ms\n  max_keys: 0\n  port: 9100\n"));
+    ASSERT_EQ(bad.size(), 3u);
+}
+
 // Issue 17: the history section's keys, defaults and bounds.
 TEST(Config, HistoryKeys) {
     auto d = parsed(with_top(""));
