@@ -47,6 +47,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -204,6 +205,8 @@ std::optional<Snapshot> snapshotOf(int dir, const std::string& name) {
 // fcntl(2), "Leases": a read lease is refused with EAGAIN exactly while the file is open for
 // writing (measured on ext4 and overlayfs). Taking one needs us to own the file or CAP_LEASE;
 // where it cannot be taken, the file counts as complete, as a file present at start always did.
+// The lease is released at once; a writer opening the file meanwhile breaks it with SIGIO,
+// which main() ignores.
 std::optional<ino_t> openForWriting(int dir, const std::string& name) {
     UniqueFd fd(
         ::openat(dir, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
@@ -273,6 +276,7 @@ class Spool {
         ino_t ino = 0;
         Clock::time_point at;
         bool opened = false;
+        bool listed = false; // found open for writing by a listing: asked again every tick
     };
 
     std::variant<UniqueFd, std::string> failedDir() {
@@ -317,7 +321,7 @@ void Spool::listed(const std::string& name) {
     auto created = created_.find(name);
     if (created != created_.end() && created->second.opened) return;
     if (auto ino = openForWriting(dir_.get(), name)) {
-        created_[name] = Created{*ino, Clock::now(), true};
+        created_[name] = Created{*ino, Clock::now(), true, true};
         return;
     }
     arrived(name);
@@ -376,7 +380,11 @@ void Spool::checkCreated() {
             it = created_.erase(it);
             continue;
         }
-        if (!it->second.opened && now - it->second.at >= kLinkGrace) ready.push_back(it->first);
+        // A writer found by a listing may have opened the file before we watched: its close
+        // is not always reported to us (measured for O_TMPFILE under ASan), so ask again.
+        if (it->second.listed ? !openForWriting(dir_.get(), it->first)
+                              : !it->second.opened && now - it->second.at >= kLinkGrace)
+            ready.push_back(it->first);
         ++it;
     }
     for (auto& name : ready)
@@ -678,6 +686,8 @@ std::size_t maxInFlight() {
 
 int start(const std::vector<std::string>& args) {
     kit::check_protocol();
+    // A lease break (openForWriting) signals SIGIO, whose default action would end us.
+    ::signal(SIGIO, SIG_IGN);
     auto signals = kit::stop_signals();
     std::string directory = chooseDirectory(args);
     makeDirectories(directory);
