@@ -673,11 +673,11 @@ def test_history_survives_a_restart(bus, instance, workdir):
     finished = [r["finished_usec"] for r in jobs]
     assert finished == sorted(finished, reverse=True)
     assert rejected["result"] == "rejected" and rejected["error"] and rejected["looper"] == "test"
-    ok = jobs[1]
+    ok, failed = (next(r for r in jobs if r["id"] == i) for i in (1, 2))
     assert ok["event_id"] == "a" and ok["looper"] == "test" and ok["exit_code"] == 0
     assert len(ok["playbook_sha256"]) == 64 and ok["playbook"].endswith("dbus.ok.yml")
     assert 0 < ok["queued_usec"] <= ok["started_usec"] <= ok["finished_usec"]
-    assert jobs[0]["exit_code"] == 3
+    assert failed["event_id"] == "b" and failed["exit_code"] == 3
     # Filters.
     assert [r["id"] for r in json.loads(bus.ctl("-i", "hist-b", "history", "--json", "--key", "dbus.f*",
                                                 check=True).stdout)] == [2]
