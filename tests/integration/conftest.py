@@ -56,6 +56,15 @@ def event(key, body=None, id=None):
     return json.dumps(e)
 
 
+def private_runtime_dir(tmp: Path, pw) -> Path:
+    """$XDG_RUNTIME_DIR for one test's supervisor: 0700 and owned by the user it runs as."""
+    d = tmp / "xdg-runtime"
+    d.mkdir(mode=0o700, exist_ok=True)
+    if pw is not None:
+        os.chown(d, pw.pw_uid, pw.pw_gid)
+    return d
+
+
 class Supervisor:
     """One loopabull process with a config written from a dict."""
 
@@ -71,9 +80,15 @@ class Supervisor:
         e.pop("NOTIFY_SOCKET", None)
         e.pop("JOURNAL_STREAM", None)
         e.update(env or {})
-        if user is not None:
+        pw = pwd.getpwnam(user) if user is not None else None
+        if "runtime_dir" not in config and not {"XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY"} & set(env or {}):
+            # A config that cannot name its runtime directory (the legacy dialects) gets the
+            # default, /tmp/loopabull-UID/INSTANCE, which parallel tests of one user would share:
+            # the second supervisor rightly refuses a directory in use.
+            e.pop("RUNTIME_DIRECTORY", None)
+            e["XDG_RUNTIME_DIR"] = str(private_runtime_dir(tmp, pw))
+        if pw is not None:
             # Run as a dedicated, unprivileged user, as in production.
-            pw = pwd.getpwnam(user)
             e.update(HOME=str(tmp), USER=user, LOGNAME=user)
 
             def preexec():
