@@ -707,6 +707,15 @@ class Bench:
         self.record("cgroup", "scope_vs_cgroup", vs_scope, "ratio", ">= 5", lambda x: x >= 5,
                     note="time per job of the scope executor / the cgroup executor's")
 
+    def restrict_namespaces(self):
+        """RestrictNamespaces= as loopabull@.service sets it (systemd's default "no" when it does
+        not), unless --restrict-namespaces says otherwise: its filter refuses clone3."""
+        if self.args.restrict_namespaces:
+            return self.args.restrict_namespaces
+        unit = (ROOT / "units" / "loopabull@.service.in").read_text()
+        found = re.findall(r"^RestrictNamespaces=(.*)$", unit, re.M)
+        return found[-1].strip() if found else "no"
+
     def scope_run(self, m, n, mp, kind="scope"):
         out = f"/srv/bench/out-{mp}-{time.monotonic_ns()}.json"
         cfg = {"loglevel": "info", "routing_keys": ["bench.job"], "runtime_dir": "/run/lbbench",
@@ -717,7 +726,7 @@ class Bench:
                             "timeout": "10min", "stop_timeout": "5s"}}
         m.write_file("/etc/loopabull/bench.yml", json.dumps(cfg))
         m.run(["systemd-run", "--unit=lbbench.service", "-p", "Type=notify", "-p", "KillMode=mixed",
-               "-p", "Delegate=yes", "-p", "RestrictNamespaces=yes",  # as loopabull@.service
+               "-p", "Delegate=yes", "-p", f"RestrictNamespaces={self.restrict_namespaces()}",
                "/usr/local/bin/loopabull", "--bus=none", "--instance", "bench",
                "/etc/loopabull/bench.yml"])
         try:
@@ -850,6 +859,8 @@ def main():
     ap.add_argument("--ansible-parallel", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--warm-events", type=int, default=20)
     ap.add_argument("--scope-jobs", type=int, default=200)
+    ap.add_argument("--restrict-namespaces", default=None,
+                    help="RestrictNamespaces= for the cgroup and scope runs (default: the unit's)")
     ap.add_argument("--scope-parallel", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--queued", type=int, default=100000)
     ap.add_argument("--ledger-events", type=int, default=1000000,

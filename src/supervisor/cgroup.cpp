@@ -264,7 +264,11 @@ std::optional<std::string> CgroupTree::enter(int cgroup_fd, pid_t pid) {
     return std::nullopt;
 }
 
+// rmdir first: a job rarely makes cgroups of its own, and listing its directory (which holds
+// every control file) would be most of the system calls of a job's end.
 bool CgroupTree::remove(const std::string& dir) {
+    if (rmdir(dir.c_str()) == 0 || errno == ENOENT) return true;
+    if (errno != ENOTEMPTY && errno != EBUSY) return false;
     for (auto& c : children(dir))
         if (!remove(dir + "/" + c)) return false;
     return rmdir(dir.c_str()) == 0 || errno == ENOENT;
