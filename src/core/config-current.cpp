@@ -287,11 +287,13 @@ void read_ansible(Reader& r, const YAML::Node& node, Config& c) {
     if (auto v = node["event_variable"]) read_event_variable(r, v, c);
 }
 
+// clang-format off
 const std::vector<std::string_view> kExecutorKeys = {
     "type",         "max_parallel", "queue_size", "timeout",      "kill_grace",
     "stop_timeout", "seccomp",      "allow_root", "limit_nofile", "manager",
     "slice",        "memory_max",   "tasks_max",  "cpu_quota",    "on_scope_failure",
-    "warm",         "warm_max_jobs", "warm_max_age"};
+    "warm",         "warm_max_jobs", "warm_max_age", "restrict_namespaces"};
+// clang-format on
 
 // "infinity" lifts a limit; anything else goes through the strict grammar of its kind.
 template <typename F>
@@ -384,6 +386,8 @@ void read_executor(Reader& r, const YAML::Node& node, Config& c) {
         e.queue_size = r.integer(v, "queue_size", 1, 1000000).value_or(e.queue_size);
     if (auto v = node["seccomp"]) read_seccomp(r, v, e);
     if (auto v = node["allow_root"]) e.allow_root = r.boolean(v, "allow_root").value_or(false);
+    if (auto v = node["restrict_namespaces"])
+        e.restrict_namespaces = r.boolean(v, "restrict_namespaces").value_or(true);
     if (auto v = node["limit_nofile"])
         e.limit_nofile = r.integer(v, "limit_nofile", 64, 1048576).value_or(e.limit_nofile);
     if (auto v = node["warm"]) e.warm = r.boolean(v, "warm").value_or(e.warm);
@@ -414,9 +418,8 @@ void read_loglevel(Reader& r, const YAML::Node& node, Config& c) {
 }
 
 const std::vector<std::string_view> kTopKeys = {
-    "loglevel", "routing_keys", "runtime_dir", "loopers",
-    "ansible",  "executor",     "routes",      "exit_without_loopers",
-    "history",  "metrics"};
+    "loglevel", "routing_keys", "runtime_dir",          "loopers", "ansible",
+    "executor", "routes",       "exit_without_loopers", "history", "metrics"};
 
 // "off", or a duration above 0.
 void read_exit_without_loopers(Reader& r, const YAML::Node& node, Config& c) {

@@ -79,6 +79,7 @@ std::string describe_config(const Config& c) {
     line("stop_timeout", seconds(e.stop_timeout));
     line("seccomp", e.seccomp);
     line("allow_root", e.allow_root ? "true" : "false");
+    line("restrict_namespaces", e.restrict_namespaces ? "true" : "false");
     line("limit_nofile", std::to_string(e.limit_nofile));
     if (e.type == "scope") {
         line("slice", e.slice);

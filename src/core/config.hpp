@@ -86,6 +86,10 @@ struct ExecutorConfig {
     std::optional<SeccompPolicy> seccomp_policy = default_seccomp_policy(); // nullopt: off
     bool allow_root = false;
     std::uint64_t limit_nofile = 4096;
+    // No process loopabull starts may create or join a namespace (systemd's
+    // RestrictNamespaces=yes, loaded by loopabull itself: supervisor/process.hpp). Read at start
+    // only: a filter cannot be taken back.
+    bool restrict_namespaces = true;
     // The warm runner (supervisor/warm.hpp): on unless turned off, used only when playbook_cmd
     // is ansible's own ansible-playbook; replaced after so many jobs (0: never) or so long.
     bool warm = true;
@@ -109,7 +113,7 @@ struct HistoryConfig {
 // Metrics in the Prometheus text format (issue 17; loopabull.yml(5) "metrics",
 // core/metrics.hpp). GetMetrics() answers whatever textfile says.
 struct MetricsConfig {
-    std::optional<std::string> textfile; // nullopt: no file is written (the default)
+    std::optional<std::string> textfile;      // nullopt: no file is written (the default)
     usec interval = std::chrono::seconds(15); // how often textfile is rewritten
     std::size_t max_keys = 100; // routing keys with series of their own; others: "other"
 

@@ -46,6 +46,15 @@ int native_nr(const std::string& name) {
     return seccomp_syscall_resolve_name_arch(SCMP_ARCH_NATIVE, name.c_str());
 }
 
+// Each namespace flag gets a rule of its own (libseccomp compares masked arguments for equality).
+void refuse_namespace_flags(scmp_filter_ctx ctx, int nr, const char* what) {
+    for (std::uint64_t bit = 1; bit; bit <<= 1)
+        if (kNamespaceFlags & bit)
+            check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1,
+                                   SCMP_A0(SCMP_CMP_MASKED_EQ, bit, bit)),
+                  what);
+}
+
 // The filter's default is ENOSYS (numbers this libseccomp does not know: newer system calls, so
 // that glibc's fallbacks work); known calls that are not allowed get an EPERM rule each. That is
 // ~360 rules instead of one per unknown number up to kMaxSyscallNr, a filter a third the size,
@@ -59,11 +68,7 @@ void add_rules(scmp_filter_ctx ctx, const SeccompPolicy& policy) {
                                    SCMP_A0(SCMP_CMP_MASKED_EQ, kNamespaceFlags, 0)),
                   "seccomp rule for clone");
             // Any namespace flag: EPERM, not the default ENOSYS.
-            for (std::uint64_t bit = 1; bit; bit <<= 1)
-                if (kNamespaceFlags & bit)
-                    check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1,
-                                           SCMP_A0(SCMP_CMP_MASKED_EQ, bit, bit)),
-                          "seccomp rule for clone with namespace flags");
+            refuse_namespace_flags(ctx, nr, "seccomp rule for clone with namespace flags");
         } else {
             check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0), "seccomp rule");
         }
@@ -183,6 +188,20 @@ SeccompProgram compile_seccomp(const SeccompPolicy& policy) {
     // load, once per job, so a linear chain cost about a millisecond per job (docs/PERFORMANCE.md).
     check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_OPTIMIZE, 2), "seccomp optimize attribute");
     add_rules(ctx.get(), policy);
+    return {export_bpf(ctx.get())};
+}
+
+SeccompProgram compile_namespace_filter(bool allow_clone3) {
+    SeccompCtx ctx(seccomp_init(SCMP_ACT_ALLOW));
+    if (!ctx) throw std::runtime_error("seccomp_init failed");
+    check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 0), "seccomp NNP attribute");
+    refuse_namespace_flags(ctx.get(), native_nr("clone"), "seccomp rule for clone");
+    refuse_namespace_flags(ctx.get(), native_nr("unshare"), "seccomp rule for unshare");
+    check(seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), native_nr("setns"), 0),
+          "seccomp rule for setns");
+    if (!allow_clone3)
+        check(seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), native_nr("clone3"), 0),
+              "seccomp rule for clone3");
     return {export_bpf(ctx.get())};
 }
 

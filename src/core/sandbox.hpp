@@ -43,6 +43,15 @@ struct SeccompProgram {
 };
 SeccompProgram compile_seccomp(const SeccompPolicy& policy);
 
+// systemd's RestrictNamespaces=yes (systemd.exec(5)) as a filter of our own: clone(2) and
+// unshare(2) with any CLONE_NEW* flag, and setns(2), fail with EPERM; everything else is
+// allowed. clone3(2), whose flags a filter cannot read (they are in memory), fails with ENOSYS,
+// as under systemd's filter (glibc then falls back to clone), unless allow_clone3: the
+// supervisor's own filter allows it, so that it can create jobs in their cgroups
+// (CLONE_INTO_CGROUP), and every process it starts gets the filter without it.
+// Loading it needs no_new_privs or CAP_SYS_ADMIN (seccomp(2)); it sets neither.
+SeccompProgram compile_namespace_filter(bool allow_clone3);
+
 // What the child applies, in this order: rlimits, no_new_privs, seccomp (when set), execve.
 struct Sandbox {
     std::uint64_t limit_nofile = 4096;

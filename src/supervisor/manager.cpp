@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "supervisor/manager.hpp"
-#include "core/config-describe.hpp"
 
+#include "core/config-describe.hpp"
+#include "core/event-names.hpp"
+#include "core/job-vars.hpp"
 #include "core/varsfile.hpp"
 #include "supervisor/bus-api.hpp"
 #include "supervisor/bus.hpp"
 #include "supervisor/log.hpp"
-#include "core/event-names.hpp"
-#include "core/job-vars.hpp"
-#include "supervisor/bus-api.hpp"
+#include "supervisor/process.hpp"
 #include "supervisor/warm.hpp"
 
 #include "build-config.h"
@@ -246,6 +246,15 @@ void Manager::setup_runtime_dir() {
 // moves itself into a leaf of it, before anything else starts, as delegation requires.
 void Manager::setup_containment() {
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) fail(-errno, "PR_SET_CHILD_SUBREAPER");
+    if (!config_.executor.restrict_namespaces)
+        spdlog::info("executor.restrict_namespaces is false: loopabull's jobs and loopers may "
+                     "create namespaces");
+    else if (auto why = restrict_namespaces())
+        spdlog::info("namespaces: not restricted ({}): loopabull runs without no_new_privs",
+                     *why);
+    else
+        spdlog::debug("namespaces: their creation is refused to loopabull (clone3 excepted) "
+                      "and to every process it starts");
     auto found = CgroupTree::find_delegated();
     if (auto* reason = std::get_if<std::string>(&found)) {
         no_cgroup_reason_ = *reason;
@@ -366,6 +375,8 @@ void Manager::apply(Config config) {
     auto mode = scope_mode(config.executor);
     auto cgroups = cgroup_mode(config.executor);
     log::set_level(options_.log_level.value_or(config.loglevel));
+    if (started_ && config.executor.restrict_namespaces != config_.executor.restrict_namespaces)
+        spdlog::warn("executor.restrict_namespaces changed: it takes effect at the next start");
     executor_->set_scope_mode(std::move(mode));
     executor_->set_cgroup_mode(std::move(cgroups));
     playbooks_dirfd_ = std::move(dirfd);

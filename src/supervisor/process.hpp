@@ -58,10 +58,18 @@ struct Spawned {
 // The failure a child reported on pending_report, if it failed before or at execve.
 std::optional<std::string> read_spawn_failure(int report_fd, const std::string& program);
 
-// clone(CLONE_VM | CLONE_VFORK) (a fork when the child must wait for wait_fd, clone3 when it
-// starts in a cgroup) + execve; the child does nothing but async-signal-safe calls on data
-// prepared here.
+// clone(CLONE_VM | CLONE_VFORK) (clone3 with CLONE_INTO_CGROUP too when it starts in a
+// cgroup; a fork when the child must wait for wait_fd, and in sanitized builds) + execve; the
+// child does nothing but async-signal-safe calls on data prepared here.
 Spawned spawn(const SpawnSpec& spec);
+
+// Refuses the creation of namespaces to this process (clone3 excepted: spawn() needs it for
+// CLONE_INTO_CGROUP) and to every process spawn() starts from now on (clone3 included), with
+// the filters of compile_namespace_filter(): what systemd's RestrictNamespaces=yes did for the
+// whole service before the cgroup executor, whose filter makes clone3 fail (systemd.exec(5)).
+// Needs no_new_privs (as the service runs) or CAP_SYS_ADMIN: without them it changes nothing
+// and returns the reason (errno of seccomp(2), EACCES); nullopt once both filters apply.
+std::optional<std::string> restrict_namespaces();
 
 // A pipe with both ends close-on-exec; the parent's end is made non-blocking.
 struct Pipe {

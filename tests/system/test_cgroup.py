@@ -232,3 +232,37 @@ def test_without_delegation(service):
     out = r.stdout + r.stderr
     assert len(re.findall(r"executor\.type auto: running jobs directly \(our cgroup \S+ is not "
                           r"delegated to us", out)) == 1, out
+
+
+# What RestrictNamespaces=yes refused to the whole service before the unit gave it up for clone3
+# (CLONE_INTO_CGROUP): loopabull refuses it to every process it starts, itself excepted for
+# clone3. The job runs with seccomp: off, so that only this restriction is in the way.
+ATTACKER = r"""#!/bin/sh
+out=/var/lib/loopabull/$INSTANCE/ns.txt
+unshare -U true 2>/dev/null; echo "unshare-user=$?" >> "$out"
+unshare -n true 2>/dev/null; echo "unshare-net=$?" >> "$out"
+grep -E '^Seccomp:' /proc/self/status >> "$out"
+cat /proc/self/cgroup >> "$out"
+"""
+
+
+def test_the_service_refuses_namespaces_to_its_jobs(service):
+    m = service.m
+    m.write_file("/usr/local/bin/ns-attacker", ATTACKER, mode=0o755)
+    cfg = service.configure("ns", type="cgroup", seccomp="off")
+    cfg["ansible"]["playbook_cmd"] = "/usr/local/bin/ns-attacker"
+    cfg["ansible"]["environment"] = {"INSTANCE": "ns"}
+    m.write_file(f"{service.confdir}/ns.yml", json.dumps(cfg), mode=0o640, owner="root:loopabull")
+    m.systemctl("start", "loopabull@ns.service")
+    unit = m.run(["systemctl", "show", "-p", "RestrictNamespaces", "loopabull@ns.service"]).stdout
+    assert unit.strip() in ("RestrictNamespaces=no", "RestrictNamespaces="), unit
+    wait_until(lambda: m.run(["test", "-d", "/var/spool/loopabull/ns"], check=False).returncode == 0,
+               30, what="the spool")
+    service.drop("ns", "test.end")
+    assert service.wait_job("ns", 1)["result"] == "succeeded"
+    report = m.run("cat /var/lib/loopabull/ns/ns.txt").stdout
+    assert "unshare-user=0" not in report and "unshare-net=0" not in report, report
+    assert re.search(r"^Seccomp:\s+2$", report, re.M), report
+    assert "/loopabull@ns.service/job-1" in report, report  # created in its cgroup (clone3)
+    main = m.show("loopabull@ns.service", "MainPID")["MainPID"]
+    assert re.search(r"^Seccomp:\s+2$", m.run(f"cat /proc/{main}/status").stdout, re.M)
