@@ -2,11 +2,10 @@
 """The bundled fedmsg looper under the real supervisor, fed by a real ZeroMQ publisher (pyzmq from
 Debian) on loopback, with the real ansible-playbook: each fedmsg envelope reaches its playbook."""
 import json
-import socket
 
 import pytest
 
-from conftest import base_config, needs_ansible, wait_until
+from conftest import base_config, free_port, needs_ansible, wait_until
 
 zmq = pytest.importorskip("zmq", reason="Debian's python3-zmq is needed for the publisher")
 
@@ -26,12 +25,6 @@ RECORD = """\
         content: "{{ {'topic': event.topic, 'msg': event.msg, 'msg_id': event.msg_id,
                       'event_id': loopabull_event_id} | to_json }}"
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Publisher:

@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from conftest import base_config, needs_ansible, wait_until
+from conftest import base_config, free_port, needs_ansible, wait_until
 
 # GitHub's documented test vector (FIELD-NOTES §9).
 GH_SECRET = "It's a Secret to Everybody"
@@ -25,12 +25,6 @@ GH_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8
 
 KEYS = ["github.push", "github.ping", "hook.deploy", "alertmanager.firing.DiskFull",
         "alertmanager.firing.HighLoad", "plain.hook", "sync.hook", "forgejo.push"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Loader(yaml.SafeLoader):
