@@ -69,6 +69,11 @@ const sd_bus_vtable BusApi::kVtable[] = {
                              explain, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("CancelJob", "t", SD_BUS_PARAM(id), "", "", cancel_job,
                              SD_BUS_VTABLE_UNPRIVILEGED),
+    // Issue 17: a recorded body (manage action) and its replay (replay action).
+    SD_BUS_METHOD_WITH_NAMES("GetJobBody", "t", SD_BUS_PARAM(id), "s", SD_BUS_PARAM(body),
+                             get_job_body, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("ReplayJob", "t", SD_BUS_PARAM(id), "t", SD_BUS_PARAM(new_id),
+                             replay_job, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Pause", "", "", pause, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Resume", "", "", resume, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Reload", "", "", reload, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -199,7 +204,10 @@ nlohmann::json to_json(const LedgerRecord& r) {
             {"result", r.result},
             {"exit_code", or_null(!r.exit_code, r.exit_code.value_or(0))},
             {"unit", or_null(r.unit.empty(), r.unit)},
-            {"error", or_null(r.error.empty(), r.error)}};
+            {"error", or_null(r.error.empty(), r.error)},
+            {"replay_of", or_null(!r.replay_of, r.replay_of.value_or(0))},
+            {"body", !r.body_size ? nlohmann::json() : r.body_stored ? "stored" : "too_large"},
+            {"body_size", or_null(!r.body_size, r.body_size.value_or(0))}};
 }
 
 } // namespace
@@ -283,6 +291,46 @@ int BusApi::cancel_job(sd_bus_message* m, void* userdata, sd_bus_error* error) n
         auto job = self->manager_.job(id);
         if (!job || job->state == "finished") return self->no_such_job(id, error);
         return self->authorize(m, Verb::cancel, id, error);
+    });
+}
+
+int BusApi::refused(const ReplayRefusal& why, sd_bus_error* error) const {
+    using W = ReplayRefusal::Why;
+    const char* name = kErrorReplayRefused;
+    switch (why.why) {
+    case W::history_off: name = kErrorHistoryOff; break;
+    case W::no_job: name = kErrorNoSuchJob; break;
+    case W::no_body: name = kErrorNoBody; break;
+    case W::stopping: name = kErrorStopping; break;
+    case W::not_finished:
+    case W::not_run: break;
+    }
+    return sd_bus_error_set(error, name, why.message.c_str());
+}
+
+// Issue 17. Both are checked before polkit is asked, so that nobody is asked for a password to
+// read or replay what is not there, and again once allowed (perform()).
+int BusApi::get_job_body(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        std::uint64_t id = 0;
+        int r = sd_bus_message_read(m, "t", &id);
+        if (r < 0) return r;
+        auto found = self->manager_.job_body(id);
+        if (auto* why = std::get_if<ReplayRefusal>(&found)) return self->refused(*why, error);
+        return self->authorize(m, Verb::body, id, error);
+    });
+}
+
+int BusApi::replay_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        std::uint64_t id = 0;
+        int r = sd_bus_message_read(m, "t", &id);
+        if (r < 0) return r;
+        auto found = self->manager_.job_body(id);
+        if (auto* why = std::get_if<ReplayRefusal>(&found)) return self->refused(*why, error);
+        return self->authorize(m, Verb::replay, id, error);
     });
 }
 
