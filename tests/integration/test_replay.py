@@ -65,10 +65,11 @@ class Instance:
 
 @pytest.fixture
 def instance(workdir, bus):
-    """start(name, history=..., playbook_cmd=None, looper=...) -> Instance, in workdir/NAME."""
+    """start(name, history, playbook_cmd=None, looper={...}, **config) -> Instance, in
+    workdir/NAME; its config is inst.cfg (write it with inst.sup.write_config, then reload)."""
     started = []
 
-    def start(name, history, playbook_cmd=None, **looper):
+    def start(name, history, playbook_cmd=None, looper=None, **over):
         d = workdir / name
         (d / "playbooks").mkdir(parents=True)
         (d / "playbooks" / "replay.record.yml").write_text(RECORD)
@@ -77,11 +78,12 @@ def instance(workdir, bus):
         ansible = {"playbooks_dir": str(d / "playbooks")}
         if playbook_cmd:
             ansible["playbook_cmd"] = playbook_cmd
-        cfg = base_config(d, [{**scripted(fifo=str(fifo), answers=str(answers)), **looper}],
-                          ansible=ansible, history={"flush_interval": "50ms", **history})
+        cfg = base_config(d, [{**scripted(fifo=str(fifo), answers=str(answers)), **(looper or {})}],
+                          ansible=ansible, history={"flush_interval": "50ms", **history}, **over)
         sup = Supervisor(d, cfg, instance=name, env={"DBUS_SESSION_BUS_ADDRESS": bus.address},
                          args=["--bus=user"])
         inst = Instance(bus, sup, name, fifo, answers)
+        inst.cfg = cfg
         started.append(inst)
         return inst
     yield start
@@ -99,13 +101,13 @@ def test_a_restart_keeps_the_body_and_replay_runs_the_playbook_again(instance, w
     ledger, out = workdir / "history.sqlite", workdir / "out"
     body = {"out_dir": str(out), "n": 1, "text": "héllo"}
     hist = {"path": str(ledger), "store_bodies": True}
-    first = instance("replay-a", hist, dedup={"window": "1h"})
+    first = instance("replay-a", hist, looper={"dedup": {"window": "1h"}})
     first.send("replay.record", body, "a")
     assert first.answer("a")["result"] == "succeeded"
     assert first.sup.stop() == 0
     assert json.loads((out / "1.json").read_text())["replay_of"] is None
 
-    second = instance("replay-b", hist, dedup={"window": "1h"})
+    second = instance("replay-b", hist, looper={"dedup": {"window": "1h"}})
     r = second.ctl("job", "1", "--body")
     assert r.returncode == 0 and json.loads(r.stdout) == body, r
     r = second.ctl("replay", "1", "--json")
@@ -131,7 +133,8 @@ def test_a_restart_keeps_the_body_and_replay_runs_the_playbook_again(instance, w
 
 def test_replay_is_refused_without_a_stored_body(instance, workdir):
     """Each reason is named: bodies not stored, a body over max_body_size, a job not in the
-    history, one removed by retention. Nothing runs."""
+    history, one removed by retention (with its body). Nothing runs. Turning store_bodies off
+    removes the kept bodies."""
     off = instance("replay-off", {"path": str(workdir / "off.sqlite")}, playbook_cmd=["/bin/true"])
     off.send("replay.record", {}, "a")
     off.answer("a")
@@ -159,8 +162,43 @@ def test_replay_is_refused_without_a_stored_body(instance, workdir):
     r = capped.ctl("replay", "1")
     assert r.returncode == 5 and "removed by retention" in r.stderr, r
     with sqlite3.connect(workdir / "cap.sqlite") as db:
-        assert db.execute("SELECT job_id FROM bodies").fetchall() == [(2,)]
+        assert db.execute("SELECT job_id, body FROM bodies").fetchall() == [(2, "{}")]
     assert capped.bus.call(capped.bus_name, "ListJobs") == [[]]
+    # Turned off, the bodies kept go at the next start.
+    assert capped.sup.stop() == 0
+    again = instance("replay-cap-off", {"path": str(workdir / "cap.sqlite")})
+    assert "store_bodies is false: removed 1 stored event bodies" in again.sup.log
+    with sqlite3.connect(workdir / "cap.sqlite") as db:
+        assert db.execute("SELECT job_id, size, body FROM bodies").fetchall() == [(2, None, None)]
+
+
+def test_a_replay_goes_through_todays_routing(instance, workdir):
+    """Today's routes decide: a throttle that holds the recorded value refuses the replay; a
+    new route sends it to another playbook; a key today's routing_keys drop is refused."""
+    route = {"name": "chatty", "keys": ["replay.record"], "playbook": "replay.record.yml",
+             "throttle": {"per": "/n", "once_within": "1h"}}
+    inst = instance("replay-routes", {"path": str(workdir / "routes.sqlite"), "store_bodies": True},
+                    playbook_cmd=["/bin/true"], routes=[route])
+    (workdir / "replay-routes" / "playbooks" / "today.yml").write_text("- hosts: localhost\n")
+    inst.send("replay.record", {"n": 1}, "a")
+    assert inst.answer("a")["result"] == "succeeded"
+    r = inst.ctl("replay", "1")
+    assert r.returncode == 6 and "throttled by route 'chatty'" in r.stderr, r
+
+    def reload(**change):
+        inst.sup.write_config({**inst.cfg, **change})
+        assert inst.ctl("reload").returncode == 0
+
+    reload(routes=[{"name": "today", "keys": ["replay.*"], "playbook": "today.yml"}])
+    r = inst.ctl("replay", "1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["id"] == 2, r
+    assert inst.finished(2) == "succeeded"
+    rec = json.loads(inst.ctl("history", "--json", "--limit", "1").stdout)[0]
+    assert (rec["id"], rec["route"], rec["replay_of"]) == (2, "today", 1)
+    assert rec["playbook"].endswith("/today.yml")
+    reload(routes=[], routing_keys=["other.*"])
+    r = inst.ctl("replay", "1")
+    assert r.returncode == 6 and "today's routing does not run job 1's event (unrouted)" in r.stderr, r
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
