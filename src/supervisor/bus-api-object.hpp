@@ -137,6 +137,8 @@ private:
     int perform(sd_bus_message* m, Verb verb, JobId job, const std::string& who, sd_bus_error* error);
     int no_such_job(JobId id, sd_bus_error* error) const;
     int refused(const ReplayRefusal& why, sd_bus_error* error) const;
+    // GetJobBody and ReplayJob: the job's body must be there before polkit is asked.
+    int body_call(sd_bus_message* m, Verb verb, sd_bus_error* error);
     void emit_properties();
     Snapshot snapshot() const;
 

@@ -310,28 +310,23 @@ int BusApi::refused(const ReplayRefusal& why, sd_bus_error* error) const {
 
 // Issue 17. Both are checked before polkit is asked, so that nobody is asked for a password to
 // read or replay what is not there, and again once allowed (perform()).
+int BusApi::body_call(sd_bus_message* m, Verb verb, sd_bus_error* error) {
+    std::uint64_t id = 0;
+    int r = sd_bus_message_read(m, "t", &id);
+    if (r < 0) return r;
+    auto found = manager_.job_body(id);
+    if (auto* why = std::get_if<ReplayRefusal>(&found)) return refused(*why, error);
+    return authorize(m, verb, id, error);
+}
+
 int BusApi::get_job_body(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
     auto* self = static_cast<BusApi*>(userdata);
-    return guarded(error, [&] {
-        std::uint64_t id = 0;
-        int r = sd_bus_message_read(m, "t", &id);
-        if (r < 0) return r;
-        auto found = self->manager_.job_body(id);
-        if (auto* why = std::get_if<ReplayRefusal>(&found)) return self->refused(*why, error);
-        return self->authorize(m, Verb::body, id, error);
-    });
+    return guarded(error, [&] { return self->body_call(m, Verb::body, error); });
 }
 
 int BusApi::replay_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
     auto* self = static_cast<BusApi*>(userdata);
-    return guarded(error, [&] {
-        std::uint64_t id = 0;
-        int r = sd_bus_message_read(m, "t", &id);
-        if (r < 0) return r;
-        auto found = self->manager_.job_body(id);
-        if (auto* why = std::get_if<ReplayRefusal>(&found)) return self->refused(*why, error);
-        return self->authorize(m, Verb::replay, id, error);
-    });
+    return guarded(error, [&] { return self->body_call(m, Verb::replay, error); });
 }
 
 int BusApi::pause(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Stored event bodies and replay (issue 17): history.store_bodies, GetJobBody, ReplayJob,
 `loopabullctl job ID --body` and `loopabullctl replay ID`, through the real binary on a private
-dbus-daemon (the Bus of test_dbus.py). The replay test runs Debian's ansible-playbook; the others
+dbus-daemon (the bus fixture of test_dbus.py). The replay test runs Debian's ansible-playbook; the others
 a stand-in playbook command, since what they check ends before a playbook matters."""
 import json
 import os
@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 import test_dbus
-from test_dbus import Bus, bus_name, _h
+from test_dbus import bus, bus_name, _h  # noqa: F401 (bus: the private dbus-daemon fixture)
 
 Supervisor, base_config, event, read_answers, scripted, wait_until = (
     _h.Supervisor, _h.base_config, _h.event, _h.read_answers, _h.scripted, _h.wait_until)
@@ -27,13 +27,6 @@ RECORD = """- hosts: localhost
         content: "{{ {'job_id': loopabull_job_id, 'replay_of': loopabull_replay_of | default(None),
                       'event_id': loopabull_event_id | default(None), 'event': event} | to_json }}"
 """
-
-
-@pytest.fixture
-def bus():
-    b = Bus()
-    yield b
-    b.close()
 
 
 class Instance:
