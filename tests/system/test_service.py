@@ -370,7 +370,11 @@ polkit.addRule(function(action, subject) {{
     assert service.wait_job("releng", 2)["result"] == "succeeded"
     assert m.run(["cat", "/var/lib/loopabull/releng/ran-2"]).stdout == "first as loopabull\n"
     uid = m.run(["id", "-u", USER]).stdout.strip()
-    assert re.search(rf"replay by uid {uid} \(:\S+\) refused", service.journal("releng"))
+    # Refused by the shipped action's defaults (auth_admin_keep), not for want of an action.
+    assert re.search(rf"replay by uid {uid} \(:\S+\) refused: polkit wants interactive",
+                     service.journal("releng"))
+    assert "auth_admin_keep" in m.run(["pkaction", "--verbose", "--action-id",
+                                       "org.loopabull.loopabull1.replay"]).stdout
 
 
 def test_systemctl_reload_applies_a_new_routing_key(service):
