@@ -25,4 +25,20 @@ void print_body(const std::string& text) {
     std::printf("%s\n", body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
 }
 
+std::string job_record_lines(const nlohmann::ordered_json& record) {
+    if (!record.is_object()) return {};
+    std::string out;
+    if (auto v = record.value("replay_of", nlohmann::ordered_json()); v.is_number_unsigned())
+        out += "   Replay of: job " + std::to_string(v.get<std::uint64_t>()) + "\n";
+    auto body = record.value("body", nlohmann::ordered_json());
+    auto size = record.value("body_size", nlohmann::ordered_json());
+    if (body.is_string() && size.is_number_unsigned()) {
+        auto bytes = std::to_string(size.get<std::uint64_t>()) + " bytes";
+        out += body == "stored"
+                   ? "        Body: stored, " + bytes + " (job ID --body)\n"
+                   : "        Body: not stored, " + bytes + " are over history.max_body_size\n";
+    }
+    return out;
+}
+
 } // namespace loopabull::ctl

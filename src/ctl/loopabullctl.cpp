@@ -615,10 +615,30 @@ loopabull::ctl::JobRouting get_job_routing(Client& c, std::uint64_t id) {
     return r;
 }
 
+// Issue 17: the job's ledger record (GetJobRecord); null when the instance keeps no history,
+// has not recorded the job yet (queued, running), or is older than GetJobRecord.
+json get_job_record(Client& c, std::uint64_t id) {
+    try {
+        auto reply = c.call(kBusInterface, "GetJobRecord", [id](sd_bus_message* m) {
+            return sd_bus_message_append(m, "t", id);
+        });
+        const char* text = nullptr;
+        check_read(sd_bus_message_read(reply.get(), "s", &text));
+        auto record = json::parse(text, nullptr, false);
+        return record.is_object() ? record : json();
+    } catch (const Failure&) {
+        return json();
+    }
+}
+
 int cmd_job(Client& c, const Options& o) {
     auto j = get_job(c, parse_job_id(o.args[0]));
+    auto record = j.state == "finished" ? get_job_record(c, j.id) : json();
     if (o.json) {
         auto out = to_json(j);
+        if (record.is_object())
+            for (auto key : {"replay_of", "body", "body_size"})
+                if (record.contains(key)) out[key] = record[key];
         auto routing = get_job_routing(c, j.id);
         if (!routing.route.empty()) out["route"] = routing.route;
         if (!routing.serialize_value.empty()) out["serialize_value"] = routing.serialize_value;
@@ -640,6 +660,7 @@ int cmd_job(Client& c, const Options& o) {
     std::printf("    Finished: %s%s\n", format_time(j.finished_usec).c_str(),
                 j.finished_usec && !took.empty() ? (" (ran " + took + ")").c_str() : "");
     std::fputs(loopabull::ctl::job_routing_lines(get_job_routing(c, j.id)).c_str(), stdout);
+    std::fputs(loopabull::ctl::job_record_lines(record).c_str(), stdout);
     return kOk;
 }
 

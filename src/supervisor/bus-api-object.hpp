@@ -119,6 +119,7 @@ private:
     static int list_jobs(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int list_history(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
+    static int get_job_record(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int get_metrics(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int cancel_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int pause(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
@@ -136,6 +137,7 @@ private:
     int ask_polkit(Check& check);
     int perform(sd_bus_message* m, Verb verb, JobId job, const std::string& who, sd_bus_error* error);
     int no_such_job(JobId id, sd_bus_error* error) const;
+    int history_off(sd_bus_error* error) const;
     int refused(const ReplayRefusal& why, sd_bus_error* error) const;
     // GetJobBody and ReplayJob: the job's body must be there before polkit is asked.
     int body_call(sd_bus_message* m, Verb verb, sd_bus_error* error);

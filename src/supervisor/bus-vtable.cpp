@@ -56,6 +56,10 @@ const sd_bus_vtable BusApi::kVtable[] = {
                                  SD_BUS_PARAM(since_usec) SD_BUS_PARAM(limit),
                              "s", SD_BUS_PARAM(records), list_history,
                              SD_BUS_VTABLE_UNPRIVILEGED),
+    // Issue 17: one job's ledger record (ListHistory's form): what GetJob cannot add, such as
+    // replay_of and whether a body was kept. Open to readers; the body itself is not in it.
+    SD_BUS_METHOD_WITH_NAMES("GetJobRecord", "t", SD_BUS_PARAM(id), "s", SD_BUS_PARAM(record),
+                             get_job_record, SD_BUS_VTABLE_UNPRIVILEGED),
     // Issue 17: the Prometheus text, as metrics.textfile holds it; open to readers.
     SD_BUS_METHOD_WITH_NAMES("GetMetrics", "", "", "s", SD_BUS_PARAM(text), get_metrics,
                              SD_BUS_VTABLE_UNPRIVILEGED),
@@ -225,11 +229,7 @@ int BusApi::list_history(sd_bus_message* m, void* userdata, sd_bus_error* error)
         int r = sd_bus_message_read(m, "sstu", &key, &result, &since, &limit);
         if (r < 0) return r;
         auto* ledger = self->manager_.ledger();
-        if (!ledger)
-            return sd_bus_error_setf(error, kErrorHistoryOff,
-                                     "Instance %s keeps no history (history.enabled is false, or "
-                                     "neither history.path nor $STATE_DIRECTORY is set)",
-                                     self->manager_.instance().c_str());
+        if (!ledger) return self->history_off(error);
         auto rows = ledger->query(
             {.key_pattern = key, .result = result, .since_usec = since, .limit = limit});
         auto out = nlohmann::json::array();
@@ -239,6 +239,27 @@ int BusApi::list_history(sd_bus_message* m, void* userdata, sd_bus_error* error)
     });
 }
 
+
+int BusApi::history_off(sd_bus_error* error) const {
+    return sd_bus_error_setf(error, kErrorHistoryOff,
+                             "Instance %s keeps no history (history.enabled is false, or "
+                             "neither history.path nor $STATE_DIRECTORY is set)",
+                             manager_.instance().c_str());
+}
+
+int BusApi::get_job_record(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        std::uint64_t id = 0;
+        int r = sd_bus_message_read(m, "t", &id);
+        if (r < 0) return r;
+        auto* ledger = self->manager_.ledger();
+        if (!ledger) return self->history_off(error);
+        auto rows = ledger->query({.limit = 1, .job_id = id});
+        if (id == 0 || rows.empty()) return self->no_such_job(id, error);
+        return sd_bus_reply_method_return(m, "s", to_json(rows.front()).dump().c_str());
+    });
+}
 
 int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
     auto* self = static_cast<BusApi*>(userdata);

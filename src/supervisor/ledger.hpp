@@ -54,7 +54,7 @@ struct LedgerRecord {
     // the looper does not de-duplicate.
     std::string dedup_key{};
     // Read by query() from the bodies table (record() ignores them: see record_body()).
-    std::optional<JobId> replay_of{};        // the job this one replayed
+    std::optional<JobId> replay_of{};         // the job this one replayed
     std::optional<std::uint64_t> body_size{}; // bytes; nullopt: no body was kept for it
     bool body_stored = false;                 // false with a size: over history.max_body_size
 };

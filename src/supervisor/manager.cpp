@@ -902,12 +902,11 @@ void Manager::start_jobs() {
 
 std::optional<std::string> Manager::write_vars(Job& job) {
     // The variables are built in one place (core/job-vars), which explain shows as well.
-    std::string text = job_vars_text(job.body,
-                                     {job.routing_key, std::to_string(job.id), options_.instance,
-                                      job.looper, job.event_id, job.route,
-                                      job.replay_of ? std::to_string(*job.replay_of) : ""},
-                                     config_.ansible.trusted_payloads,
-                                     config_.ansible.event_variable);
+    std::string text = job_vars_text(
+        job.body,
+        {job.routing_key, std::to_string(job.id), options_.instance, job.looper, job.event_id,
+         job.route, job.replay_of ? std::to_string(*job.replay_of) : ""},
+        config_.ansible.trusted_payloads, config_.ansible.event_variable);
     std::string path = vars_dir_ + "/job-" + std::to_string(job.id) + ".yml";
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd) return "cannot create vars file " + path + ": " + std::strerror(errno);
@@ -1164,8 +1163,8 @@ std::string body_refusal(JobId id, const StoredBody& b, const HistoryConfig& h) 
 std::variant<StoredBody, ReplayRefusal> Manager::stored_body(JobId id) {
     using W = ReplayRefusal::Why;
     if (!ledger_)
-        return ReplayRefusal{W::history_off, "instance " + options_.instance +
-                                                 " keeps no history, so no bodies"};
+        return ReplayRefusal{W::history_off,
+                             "instance " + options_.instance + " keeps no history, so no bodies"};
     if (!ledger_->stores_bodies())
         return ReplayRefusal{W::no_body,
                              "event bodies are not stored (history.store_bodies is false)"};
@@ -1188,7 +1187,8 @@ std::variant<std::string, ReplayRefusal> Manager::job_body(JobId id) {
 
 std::variant<JobId, ReplayRefusal> Manager::replay_job(JobId of, std::string_view by) {
     using W = ReplayRefusal::Why;
-    if (stopping_) return ReplayRefusal{W::stopping, "instance " + options_.instance + " is stopping"};
+    if (stopping_)
+        return ReplayRefusal{W::stopping, "instance " + options_.instance + " is stopping"};
     auto found = stored_body(of);
     if (auto* refused = std::get_if<ReplayRefusal>(&found)) return std::move(*refused);
     auto& record = std::get<StoredBody>(found);
@@ -1201,15 +1201,14 @@ std::variant<JobId, ReplayRefusal> Manager::replay_job(JobId of, std::string_vie
     log::Scope scope(f);
     if (scheduler_.full())
         return ReplayRefusal{W::not_run, "the queue is full (executor.queue_size); try again"};
-    auto d = dispatch(config_, record.routing_key, record.looper, body,
-                      [this](const std::string& rel) {
-                          return find_playbook_at(playbooks_dirfd_.get(),
-                                                  config_.ansible.playbooks_dir, rel);
-                      });
+    auto d =
+        dispatch(config_, record.routing_key, record.looper, body, [this](const std::string& rel) {
+            return find_playbook_at(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, rel);
+        });
     if (!d.runs())
-        return ReplayRefusal{W::not_run, "today's routing does not run job " + of_text + "'s event (" +
-                                             std::string(to_string(d.result)) + "): " +
-                                             d.reason(record.routing_key, record.looper)};
+        return ReplayRefusal{W::not_run, "today's routing does not run job " + of_text +
+                                             "'s event (" + std::string(to_string(d.result)) +
+                                             "): " + d.reason(record.routing_key, record.looper)};
     if (!admit_throttled(d, record.routing_key))
         return ReplayRefusal{W::not_run, "throttled by route '" + d.route_name() +
                                              "': its value ran within the route's once_within"};

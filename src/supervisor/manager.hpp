@@ -237,8 +237,8 @@ class Manager final : public LooperHost, public ExecutorHost {
     // After it: answers the followers and forgets the job.
     void dedup_finished(const Job& job, const Outcome& outcome);
     // A duplicate into the ledger, as a record of its own naming the job it duplicated.
-    void ledger_duplicate(const std::string& looper, const std::string& routing_key,
-                          const json& id, Result result, std::string reason);
+    void ledger_duplicate(const std::string& looper, const std::string& routing_key, const json& id,
+                          Result result, std::string reason);
     void start_jobs();
     std::optional<std::string> launch(Job& job);
     std::optional<std::string> write_vars(Job& job);

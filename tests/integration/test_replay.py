@@ -113,6 +113,9 @@ def test_a_restart_keeps_the_body_and_replay_runs_the_playbook_again(instance, w
     assert records[1]["replay_of"] is None and records[1]["body_size"] == len(
         json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
     assert "job 2 (replay.record) queued: a replay of job 1, asked by uid 0" in second.sup.log
+    job = json.loads(second.ctl("job", "2", "--json").stdout)
+    assert (job["replay_of"], job["body"], job["body_size"]) == (1, "stored", records[2]["body_size"])
+    assert "   Replay of: job 1\n" in second.ctl("job", "2").stdout
     # The redelivered original is still a duplicate of job 1; the replay answered nobody.
     second.send("replay.record", body, "a")
     dup = second.answer("a")
