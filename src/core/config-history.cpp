@@ -7,7 +7,8 @@ namespace loopabull::config_detail {
 
 namespace {
 const std::vector<std::string_view> kHistoryKeys = {
-    "enabled", "path", "flush_interval", "batch_size", "max_age", "max_jobs", "record_unrouted"};
+    "enabled", "path", "flush_interval", "batch_size", "max_age", "max_jobs", "record_unrouted",
+    "store_bodies", "max_body_size"};
 }
 
 void read_history(Reader& r, const YAML::Node& node, Config& c) {
@@ -39,6 +40,21 @@ void read_history(Reader& r, const YAML::Node& node, Config& c) {
         h.max_jobs = r.integer(v, "max_jobs", 1, 1000000000).value_or(h.max_jobs);
     if (auto v = node["record_unrouted"])
         h.record_unrouted = r.boolean(v, "record_unrouted").value_or(h.record_unrouted);
+    if (auto v = node["store_bodies"])
+        h.store_bodies = r.boolean(v, "store_bodies").value_or(h.store_bodies);
+    if (auto v = node["max_body_size"]) {
+        // A body is one SQLite value: SQLite's default SQLITE_MAX_LENGTH is 1,000,000,000 bytes
+        // (sqlite.org/limits.html); 16MiB is far below it and keeps the ledger's size
+        // (max_jobs times this) something an operator can reason about.
+        auto n = r.size(v, "max_body_size");
+        if (n && (*n < 1 || *n > (16u << 20)))
+            r.error(v, "'max_body_size' must be between 1B and 16MiB");
+        else if (n)
+            h.max_body_size = *n;
+    }
+    if (h.store_bodies && !h.enabled)
+        r.error(node["store_bodies"], "'store_bodies' keeps bodies in the history ledger, which "
+                                      "'history.enabled: false' turns off");
 }
 
 void read_dedup(Reader& r, const YAML::Node& node, LooperConfig& lc) {

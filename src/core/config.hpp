@@ -106,6 +106,11 @@ struct HistoryConfig {
     usec max_age = std::chrono::hours(24 * 90);
     std::uint64_t max_jobs = 1000000;
     bool record_unrouted = false;
+    // Event bodies (issue 17): kept beside their job's record for GetJobBody and ReplayJob only
+    // when store_bodies is true; a body longer than max_body_size (bytes, as compact JSON) is
+    // not kept, and its record says so (supervisor/ledger.hpp).
+    bool store_bodies = false;
+    std::uint64_t max_body_size = 64 * 1024;
 
     bool operator==(const HistoryConfig&) const = default;
 };

@@ -11,7 +11,8 @@ namespace loopabull {
 // The variables loopabull sets itself in every job (loopabull(8)).
 inline constexpr std::string_view kOwnVariables[] = {"loopabull_routing_key", "loopabull_job_id",
                                                      "loopabull_instance", "loopabull_looper",
-                                                     "loopabull_event_id", "loopabull_route"};
+                                                     "loopabull_event_id", "loopabull_route",
+                                                     "loopabull_replay_of"};
 
 // Why a top-level body key cannot become an extra variable, or nothing. Refused: every name that
 // starts with ansible_ or _ansible_ (connection, become, interpreter and fact variables, and

@@ -19,6 +19,7 @@ std::string job_vars_text(const nlohmann::json& body, const JobIdentity& job, bo
                                                       ? job.event_id->get<std::string>()
                                                       : job.event_id->dump());
     if (!job.route.empty()) vo.own.emplace_back("loopabull_route", job.route);
+    if (!job.replay_of.empty()) vo.own.emplace_back("loopabull_replay_of", job.replay_of);
     return render_vars(body, vo);
 }
 

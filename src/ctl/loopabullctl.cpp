@@ -5,6 +5,7 @@
 #include "ctl/history.hpp"
 #include "ctl/ctl-routes.hpp"
 #include "ctl/ctl-metrics.hpp"
+#include "ctl/ctl-replay.hpp"
 #include "shared/dbus-names.hpp"
 
 #include "build-config.h"
@@ -46,6 +47,7 @@ enum Exit : int {
     kNotRunning = 3,  // no such instance on the bus
     kDenied = 4,      // access denied, or authentication required
     kNoSuchJob = 5,   // the job id is unknown (or finished too long ago)
+    kNoReplay = 6,    // job --body, replay: no body recorded, or today's routing refuses it
 };
 
 constexpr const char* kUsageText = R"(Usage: loopabullctl [OPTIONS] [COMMAND]
@@ -56,6 +58,7 @@ Commands:
   status            state, counters, loopers and running jobs (the default)
   jobs              queued and running jobs
   job ID            one job, also one from before the last restart (the history)
+  job ID --body     the event body recorded with a finished job (history.store_bodies)
   history [--key PATTERN] [--result R] [--since TIME] [--limit N]
                     finished jobs and rejected events from the history, newest first;
                     PATTERN is a shell glob on the routing key, TIME "6h", "@SECONDS"
@@ -63,6 +66,8 @@ Commands:
   metrics           counters, gauges and job durations in the Prometheus text format
                     (what metrics.textfile holds; --json: one object a sample)
   cancel ID         cancel a queued or running job
+  replay ID         run the recorded event of a finished job again, through today's
+                    routing, as a new job (history.store_bodies); prints the new job id
   pause             stop taking new events (running jobs go on)
   resume            take new events again
   reload            reload the configuration file (like systemctl reload)
@@ -84,10 +89,12 @@ Options:
   -h, --help            show this help
   -V, --version         show the version
 
-cancel, pause, resume and reload need root or the polkit action
-org.loopabull.loopabull1.manage; the other commands are open to everyone.
+cancel, pause, resume, reload and job --body need root or the polkit action
+org.loopabull.loopabull1.manage, replay org.loopabull.loopabull1.replay; the other
+commands are open to everyone.
 Exit status: 0 success, 1 failure, 2 usage error, 3 instance not running,
-4 access denied, 5 no such job. See loopabullctl(1).
+4 access denied, 5 no such job, 6 no body recorded or replay refused.
+See loopabullctl(1).
 )";
 
 struct Options {
@@ -95,6 +102,7 @@ struct Options {
     bool user = false;
     bool json = false;
     bool ask_password = true;
+    bool body = false; // job --body
     std::string command = "status";
     std::string looper; // explain
     std::vector<std::string> args;
@@ -125,7 +133,7 @@ std::uint64_t parse_job_id(const std::string& s) {
 }
 
 Options parse_args(int argc, char** argv) {
-    enum { kUser = 0x100, kSystem, kJson, kNoAsk, kKey, kResult, kSince, kLimit, kLooper };
+    enum { kUser = 0x100, kSystem, kJson, kNoAsk, kKey, kResult, kSince, kLimit, kLooper, kBody };
     static const option longopts[] = {{"instance", required_argument, nullptr, 'i'},
                                       {"user", no_argument, nullptr, kUser},
                                       {"system", no_argument, nullptr, kSystem},
@@ -136,6 +144,7 @@ Options parse_args(int argc, char** argv) {
                                       {"since", required_argument, nullptr, kSince},
                                       {"limit", required_argument, nullptr, kLimit},
                                       {"looper", required_argument, nullptr, kLooper},
+                                      {"body", no_argument, nullptr, kBody},
                                       {"help", no_argument, nullptr, 'h'},
                                       {"version", no_argument, nullptr, 'V'},
                                       {nullptr, 0, nullptr, 0}};
@@ -162,6 +171,7 @@ Options parse_args(int argc, char** argv) {
             break;
         }
         case kLooper: o.looper = optarg; break;
+        case kBody: o.body = true; break;
         case 'h': std::fputs(kUsageText, stdout); std::exit(kOk);
         case 'V': std::printf("loopabullctl %s\n", LOOPABULL_VERSION); std::exit(kOk);
         default: usage_error("invalid arguments");
@@ -178,7 +188,7 @@ Options parse_args(int argc, char** argv) {
     }
     static const std::map<std::string, std::size_t> arity = {
         {"status", 0}, {"jobs", 0}, {"job", 1}, {"cancel", 1}, {"pause", 0}, {"resume", 0}, {"reload", 0}, {"history", 0},
-        {"metrics", 0}};
+        {"metrics", 0}, {"replay", 1}};
     auto it = arity.find(o.command);
     if (it == arity.end()) usage_error("unknown command '" + o.command + "'");
     if (o.args.size() != it->second)
@@ -186,6 +196,7 @@ Options parse_args(int argc, char** argv) {
                     (it->second ? "one argument, a job id" : std::string("no arguments")));
     if (o.command != "history" && (!o.key.empty() || !o.result.empty() || !o.since.empty()))
         usage_error("--key, --result and --since are options of 'history'");
+    if (o.body && o.command != "job") usage_error("--body is an option of 'job'");
     if (it->second) parse_job_id(o.args[0]); // before connecting: a usage error is a usage error
     return o;
 }
@@ -263,16 +274,19 @@ private:
             return {kNotRunning, "loopabull instance " + o_.instance + " is not running (no " + name_ +
                                      " on " + where_ + ")"};
         if (is(loopabull::kErrorNoSuchJob)) return {kNoSuchJob, msg};
+        if (is(loopabull::kErrorNoBody) || is(loopabull::kErrorReplayRefused)) return {kNoReplay, msg};
+        const char* action = std::string_view(member) == "ReplayJob" ? loopabull::kReplayAction
+                                                                      : loopabull::kManageAction;
         if (is(SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED))
             return {kDenied, std::string("authentication required to ") + member + " instance " + o_.instance +
-                                 " (polkit action " + loopabull::kManageAction +
+                                 " (polkit action " + action +
                                  "): run it as root, or on a terminal without --no-ask-password"};
         if (is(SD_BUS_ERROR_ACCESS_DENIED) || r == -EACCES || r == -EPERM) {
             static constexpr std::string_view kPrefix = "Access denied: ";
             if (msg.starts_with(kPrefix)) msg.erase(0, kPrefix.size());
             std::string hint = o_.user ? std::string()
                                        : std::string(" (") + member + " needs root or the polkit action " +
-                                             loopabull::kManageAction + ")";
+                                             action + ")";
             return {kDenied, "access denied: " + msg + hint};
         }
         if (is(SD_BUS_ERROR_NO_REPLY) || is(SD_BUS_ERROR_TIMEOUT) || r == -ETIMEDOUT)
@@ -601,10 +615,30 @@ loopabull::ctl::JobRouting get_job_routing(Client& c, std::uint64_t id) {
     return r;
 }
 
+// Issue 17: the job's ledger record (GetJobRecord); null when the instance keeps no history,
+// has not recorded the job yet (queued, running), or is older than GetJobRecord.
+json get_job_record(Client& c, std::uint64_t id) {
+    try {
+        auto reply = c.call(kBusInterface, "GetJobRecord", [id](sd_bus_message* m) {
+            return sd_bus_message_append(m, "t", id);
+        });
+        const char* text = nullptr;
+        check_read(sd_bus_message_read(reply.get(), "s", &text));
+        auto record = json::parse(text, nullptr, false);
+        return record.is_object() ? record : json();
+    } catch (const Failure&) {
+        return json();
+    }
+}
+
 int cmd_job(Client& c, const Options& o) {
     auto j = get_job(c, parse_job_id(o.args[0]));
+    auto record = j.state == "finished" ? get_job_record(c, j.id) : json();
     if (o.json) {
         auto out = to_json(j);
+        if (record.is_object())
+            for (auto key : {"replay_of", "body", "body_size"})
+                if (record.contains(key)) out[key] = record[key];
         auto routing = get_job_routing(c, j.id);
         if (!routing.route.empty()) out["route"] = routing.route;
         if (!routing.serialize_value.empty()) out["serialize_value"] = routing.serialize_value;
@@ -626,6 +660,7 @@ int cmd_job(Client& c, const Options& o) {
     std::printf("    Finished: %s%s\n", format_time(j.finished_usec).c_str(),
                 j.finished_usec && !took.empty() ? (" (ran " + took + ")").c_str() : "");
     std::fputs(loopabull::ctl::job_routing_lines(get_job_routing(c, j.id)).c_str(), stdout);
+    std::fputs(loopabull::ctl::job_record_lines(record).c_str(), stdout);
     return kOk;
 }
 
@@ -697,7 +732,19 @@ int cmd_manage(Client& c, const Options& o) {
     std::unique_ptr<Agent> agent = Agent::start_if_useful(o);
     // A human may be typing a password.
     if (agent) c.set_timeout(5ull * 60 * 1000 * 1000);
-    if (o.command == "cancel") {
+    if (o.command == "job") { // --body
+        std::uint64_t id = parse_job_id(o.args[0]);
+        auto reply = c.call(kBusInterface, "GetJobBody", [id](sd_bus_message* m) { return sd_bus_message_append(m, "t", id); });
+        const char* text = nullptr;
+        check_read(sd_bus_message_read(reply.get(), "s", &text));
+        loopabull::ctl::print_body(text);
+    } else if (o.command == "replay") {
+        std::uint64_t id = parse_job_id(o.args[0]);
+        auto reply = c.call(kBusInterface, "ReplayJob", [id](sd_bus_message* m) { return sd_bus_message_append(m, "t", id); });
+        std::uint64_t new_id = 0;
+        check_read(sd_bus_message_read(reply.get(), "t", &new_id));
+        loopabull::ctl::print_replay(new_id, id, o.json);
+    } else if (o.command == "cancel") {
         std::uint64_t id = parse_job_id(o.args[0]);
         c.call(kBusInterface, "CancelJob", [id](sd_bus_message* m) { return sd_bus_message_append(m, "t", id); });
     } else if (o.command == "pause") {
@@ -721,7 +768,7 @@ int main(int argc, char** argv) {
         Client c(o);
         if (o.command == "status") return cmd_status(c, o);
         if (o.command == "jobs") return cmd_jobs(c, o);
-        if (o.command == "job") return cmd_job(c, o);
+        if (o.command == "job" && !o.body) return cmd_job(c, o);
         if (o.command == "history") return cmd_history(c, o);
         if (o.command == "metrics") return cmd_metrics(c, o);
         if (o.command == "explain")

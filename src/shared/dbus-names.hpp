@@ -13,10 +13,20 @@ inline constexpr const char* kBusObjectPath = "/org/loopabull/Loopabull1";
 inline constexpr const char* kBusInterface = "org.loopabull.Loopabull1.Manager";
 // The polkit action that CancelJob, Pause, Resume and Reload are checked against.
 inline constexpr const char* kManageAction = "org.loopabull.loopabull1.manage";
+// The polkit action that ReplayJob is checked against (issue 17): running a recorded event again
+// is a right of its own, apart from managing the instance. GetJobBody is checked against
+// kManageAction: bodies are for those who may manage the instance.
+inline constexpr const char* kReplayAction = "org.loopabull.loopabull1.replay";
 // Errors of the interface (besides the standard org.freedesktop.DBus.Error.*).
 inline constexpr const char* kErrorNoSuchJob = "org.loopabull.Loopabull1.NoSuchJob";
 // ListHistory on an instance without a ledger (issue 17).
 inline constexpr const char* kErrorHistoryOff = "org.loopabull.Loopabull1.HistoryOff";
+// GetJobBody, ReplayJob: the job is in the history without a body (bodies are not stored, or it
+// was over history.max_body_size: the message says which).
+inline constexpr const char* kErrorNoBody = "org.loopabull.Loopabull1.NoBody";
+// ReplayJob: the job has not finished, or today's routing does not run its event (unrouted,
+// rejected, throttled, the queue is full: the message says which).
+inline constexpr const char* kErrorReplayRefused = "org.loopabull.Loopabull1.ReplayRefused";
 inline constexpr const char* kErrorStopping = "org.loopabull.Loopabull1.Stopping";
 // Reload() found problems in the file (listed in the message); the old configuration stays.
 inline constexpr const char* kErrorInvalidConfiguration = "org.loopabull.Loopabull1.InvalidConfiguration";

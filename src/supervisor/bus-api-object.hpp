@@ -48,7 +48,8 @@ struct BusError {
     ~BusError() { sd_bus_error_free(&e); }
 };
 
-enum class Verb { cancel, pause, resume, reload };
+// body: GetJobBody; replay: ReplayJob (issue 17).
+enum class Verb { cancel, pause, resume, reload, body, replay };
 
 inline const char* verb_name(Verb v) noexcept {
     switch (v) {
@@ -56,8 +57,15 @@ inline const char* verb_name(Verb v) noexcept {
     case Verb::pause: return "pause";
     case Verb::resume: return "resume";
     case Verb::reload: return "reload";
+    case Verb::body: return "read-body";
+    case Verb::replay: return "replay";
     }
     return "manage";
+}
+
+// The polkit action a verb is checked against (polkit/org.loopabull.loopabull1.policy).
+inline const char* verb_action(Verb v) noexcept {
+    return v == Verb::replay ? kReplayAction : kManageAction;
 }
 
 // What the last PropertiesChanged said (or the values at start).
@@ -111,6 +119,7 @@ private:
     static int list_jobs(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int list_history(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
+    static int get_job_record(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int get_metrics(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int cancel_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int pause(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
@@ -118,6 +127,8 @@ private:
     static int reload(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int explain(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int get_job_routing(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
+    static int get_job_body(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
+    static int replay_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept;
     static int on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*) noexcept;
     static int on_properties_timer(sd_event_source*, uint64_t, void* userdata) noexcept;
     static int on_disconnected(sd_bus_message*, void* userdata, sd_bus_error*) noexcept;
@@ -126,6 +137,10 @@ private:
     int ask_polkit(Check& check);
     int perform(sd_bus_message* m, Verb verb, JobId job, const std::string& who, sd_bus_error* error);
     int no_such_job(JobId id, sd_bus_error* error) const;
+    int history_off(sd_bus_error* error) const;
+    int refused(const ReplayRefusal& why, sd_bus_error* error) const;
+    // GetJobBody and ReplayJob: the job's body must be there before polkit is asked.
+    int body_call(sd_bus_message* m, Verb verb, sd_bus_error* error);
     void emit_properties();
     Snapshot snapshot() const;
 

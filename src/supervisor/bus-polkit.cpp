@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // Who may call the methods that change something: root, the owner on the user bus, or whoever
-// polkit allows (org.loopabull.loopabull1.manage), asked asynchronously.
+// polkit allows (org.loopabull.loopabull1.manage; org.loopabull.loopabull1.replay for
+// ReplayJob), asked asynchronously.
 #include "supervisor/bus-api-object.hpp"
 
 #include "core/log-safe.hpp"
@@ -79,13 +80,14 @@ int BusApi::ask_polkit(Check& check) {
     BusMessagePtr query(q);
     std::string job_text = std::to_string(check.job);
     r = sd_bus_message_append(q, "(sa{sv})s", "system-bus-name", 1, "name", "s", check.sender.c_str(),
-                              kManageAction);
+                              verb_action(check.verb));
     // The details let polkit rules tell instances and verbs apart: action.lookup("instance").
     if (r >= 0) r = sd_bus_message_open_container(q, 'a', "{ss}");
     if (r >= 0) {
         r = sd_bus_message_append(q, "{ss}", "instance", manager_.instance().c_str());
         if (r >= 0) r = sd_bus_message_append(q, "{ss}", "verb", verb_name(check.verb));
-        if (r >= 0 && check.verb == Verb::cancel) r = sd_bus_message_append(q, "{ss}", "job", job_text.c_str());
+        if (r >= 0 && (check.verb == Verb::cancel || check.verb == Verb::body || check.verb == Verb::replay))
+            r = sd_bus_message_append(q, "{ss}", "job", job_text.c_str());
     }
     if (r >= 0) r = sd_bus_message_close_container(q);
     // Flags: 1 = AllowUserInteraction, when the caller said it can wait for a password prompt.
@@ -150,7 +152,7 @@ int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*
                     spdlog::warn("D-Bus API: {} by {} refused by polkit", verb, own->who);
                 sd_bus_error_setf(&error.e, SD_BUS_ERROR_ACCESS_DENIED,
                                   "Access denied: not authorized to %s instance %s (polkit action %s)", verb,
-                                  self->manager_.instance().c_str(), kManageAction);
+                                  self->manager_.instance().c_str(), verb_action(own->verb));
             }
         }
     } catch (const std::exception& e) {
@@ -165,7 +167,7 @@ int BusApi::on_polkit_reply(sd_bus_message* reply, void* userdata, sd_bus_error*
 
 // Does what was asked and sends the (empty) reply; on failure sets *error and returns < 0.
 int BusApi::perform(sd_bus_message* m, Verb verb, JobId job, const std::string& who, sd_bus_error* error) {
-    if (verb != Verb::cancel && manager_.state() == ManagerState::stopping)
+    if (verb != Verb::cancel && verb != Verb::body && manager_.state() == ManagerState::stopping)
         return sd_bus_error_setf(error, kErrorStopping, "Instance %s is stopping", manager_.instance().c_str());
     switch (verb) {
     case Verb::cancel: {
@@ -186,6 +188,22 @@ int BusApi::perform(sd_bus_message* m, Verb verb, JobId job, const std::string& 
         spdlog::info("D-Bus API: resume by {}", who);
         manager_.resume();
         break;
+    case Verb::body: {
+        auto found = manager_.job_body(job);
+        if (auto* why = std::get_if<ReplayRefusal>(&found)) return refused(*why, error);
+        spdlog::info("D-Bus API: body of job {} read by {}", job, who);
+        return sd_bus_reply_method_return(m, "s", std::get<std::string>(found).c_str());
+    }
+    case Verb::replay: {
+        auto done = manager_.replay_job(job, who);
+        if (auto* why = std::get_if<ReplayRefusal>(&done)) {
+            if (manager_.may_log_refused_call())
+                spdlog::warn("D-Bus API: replay of job {} by {} refused: {}", job, who,
+                             escape_for_log(why->message));
+            return refused(*why, error);
+        }
+        return sd_bus_reply_method_return(m, "t", static_cast<std::uint64_t>(std::get<JobId>(done)));
+    }
     case Verb::reload:
         spdlog::info("D-Bus API: reload by {}", who);
         if (auto problems = manager_.reload(); !problems.empty()) {

@@ -56,6 +56,10 @@ const sd_bus_vtable BusApi::kVtable[] = {
                                  SD_BUS_PARAM(since_usec) SD_BUS_PARAM(limit),
                              "s", SD_BUS_PARAM(records), list_history,
                              SD_BUS_VTABLE_UNPRIVILEGED),
+    // Issue 17: one job's ledger record (ListHistory's form): what GetJob cannot add, such as
+    // replay_of and whether a body was kept. Open to readers; the body itself is not in it.
+    SD_BUS_METHOD_WITH_NAMES("GetJobRecord", "t", SD_BUS_PARAM(id), "s", SD_BUS_PARAM(record),
+                             get_job_record, SD_BUS_VTABLE_UNPRIVILEGED),
     // Issue 17: the Prometheus text, as metrics.textfile holds it; open to readers.
     SD_BUS_METHOD_WITH_NAMES("GetMetrics", "", "", "s", SD_BUS_PARAM(text), get_metrics,
                              SD_BUS_VTABLE_UNPRIVILEGED),
@@ -69,6 +73,11 @@ const sd_bus_vtable BusApi::kVtable[] = {
                              explain, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_NAMES("CancelJob", "t", SD_BUS_PARAM(id), "", "", cancel_job,
                              SD_BUS_VTABLE_UNPRIVILEGED),
+    // Issue 17: a recorded body (manage action) and its replay (replay action).
+    SD_BUS_METHOD_WITH_NAMES("GetJobBody", "t", SD_BUS_PARAM(id), "s", SD_BUS_PARAM(body),
+                             get_job_body, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("ReplayJob", "t", SD_BUS_PARAM(id), "t", SD_BUS_PARAM(new_id),
+                             replay_job, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Pause", "", "", pause, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Resume", "", "", resume, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Reload", "", "", reload, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -199,7 +208,10 @@ nlohmann::json to_json(const LedgerRecord& r) {
             {"result", r.result},
             {"exit_code", or_null(!r.exit_code, r.exit_code.value_or(0))},
             {"unit", or_null(r.unit.empty(), r.unit)},
-            {"error", or_null(r.error.empty(), r.error)}};
+            {"error", or_null(r.error.empty(), r.error)},
+            {"replay_of", or_null(!r.replay_of, r.replay_of.value_or(0))},
+            {"body", !r.body_size ? nlohmann::json() : r.body_stored ? "stored" : "too_large"},
+            {"body_size", or_null(!r.body_size, r.body_size.value_or(0))}};
 }
 
 } // namespace
@@ -217,11 +229,7 @@ int BusApi::list_history(sd_bus_message* m, void* userdata, sd_bus_error* error)
         int r = sd_bus_message_read(m, "sstu", &key, &result, &since, &limit);
         if (r < 0) return r;
         auto* ledger = self->manager_.ledger();
-        if (!ledger)
-            return sd_bus_error_setf(error, kErrorHistoryOff,
-                                     "Instance %s keeps no history (history.enabled is false, or "
-                                     "neither history.path nor $STATE_DIRECTORY is set)",
-                                     self->manager_.instance().c_str());
+        if (!ledger) return self->history_off(error);
         auto rows = ledger->query(
             {.key_pattern = key, .result = result, .since_usec = since, .limit = limit});
         auto out = nlohmann::json::array();
@@ -231,6 +239,27 @@ int BusApi::list_history(sd_bus_message* m, void* userdata, sd_bus_error* error)
     });
 }
 
+
+int BusApi::history_off(sd_bus_error* error) const {
+    return sd_bus_error_setf(error, kErrorHistoryOff,
+                             "Instance %s keeps no history (history.enabled is false, or "
+                             "neither history.path nor $STATE_DIRECTORY is set)",
+                             manager_.instance().c_str());
+}
+
+int BusApi::get_job_record(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] {
+        std::uint64_t id = 0;
+        int r = sd_bus_message_read(m, "t", &id);
+        if (r < 0) return r;
+        auto* ledger = self->manager_.ledger();
+        if (!ledger) return self->history_off(error);
+        auto rows = ledger->query({.limit = 1, .job_id = id});
+        if (id == 0 || rows.empty()) return self->no_such_job(id, error);
+        return sd_bus_reply_method_return(m, "s", to_json(rows.front()).dump().c_str());
+    });
+}
 
 int BusApi::get_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
     auto* self = static_cast<BusApi*>(userdata);
@@ -284,6 +313,41 @@ int BusApi::cancel_job(sd_bus_message* m, void* userdata, sd_bus_error* error) n
         if (!job || job->state == "finished") return self->no_such_job(id, error);
         return self->authorize(m, Verb::cancel, id, error);
     });
+}
+
+int BusApi::refused(const ReplayRefusal& why, sd_bus_error* error) const {
+    using W = ReplayRefusal::Why;
+    const char* name = kErrorReplayRefused;
+    switch (why.why) {
+    case W::history_off: name = kErrorHistoryOff; break;
+    case W::no_job: name = kErrorNoSuchJob; break;
+    case W::no_body: name = kErrorNoBody; break;
+    case W::stopping: name = kErrorStopping; break;
+    case W::not_finished:
+    case W::not_run: break;
+    }
+    return sd_bus_error_set(error, name, why.message.c_str());
+}
+
+// Issue 17. Both are checked before polkit is asked, so that nobody is asked for a password to
+// read or replay what is not there, and again once allowed (perform()).
+int BusApi::body_call(sd_bus_message* m, Verb verb, sd_bus_error* error) {
+    std::uint64_t id = 0;
+    int r = sd_bus_message_read(m, "t", &id);
+    if (r < 0) return r;
+    auto found = manager_.job_body(id);
+    if (auto* why = std::get_if<ReplayRefusal>(&found)) return refused(*why, error);
+    return authorize(m, verb, id, error);
+}
+
+int BusApi::get_job_body(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] { return self->body_call(m, Verb::body, error); });
+}
+
+int BusApi::replay_job(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {
+    auto* self = static_cast<BusApi*>(userdata);
+    return guarded(error, [&] { return self->body_call(m, Verb::replay, error); });
 }
 
 int BusApi::pause(sd_bus_message* m, void* userdata, sd_bus_error* error) noexcept {

@@ -255,7 +255,7 @@ bool Ledger::open() {
     // statement fails harmlessly ("duplicate column name") on every other database.
     sqlite3_exec(db_, "ALTER TABLE jobs ADD COLUMN dedup_key TEXT NOT NULL DEFAULT ''", nullptr,
                  nullptr, nullptr);
-    if (!exec(kDedupIndex)) {
+    if (!exec(kDedupIndex) || !open_bodies()) {
         close();
         return false;
     }
@@ -359,6 +359,7 @@ void Ledger::flush() {
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
         sqlite3_reset(s);
     }
+    rc = write_bodies(rc);
     if (rc == SQLITE_OK) rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -393,13 +394,17 @@ void Ledger::prune() {
         sqlite3_bind_int64(st.s, 2, static_cast<sqlite3_int64>(config_.max_jobs));
         rc = sqlite3_step(st.s);
     }
-    if (rc != SQLITE_DONE && rc != SQLITE_OK) handle_error(rc, "pruning");
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) return handle_error(rc, "pruning");
+    prune_bodies();
 }
 
 std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
     flush();
     if (!open()) throw std::runtime_error("the history database " + path_ + " cannot be opened");
-    std::string sql = std::string("SELECT ") + kColumns + " FROM jobs WHERE 1";
+    // The bodies table says whether a body was kept and what a replay replayed (ledger.hpp).
+    std::string sql = std::string("SELECT ") + kColumns +
+                      ", bodies.replay_of, bodies.size, bodies.body IS NOT NULL FROM jobs "
+                      "LEFT JOIN bodies USING (job_id) WHERE 1";
     if (q.job_id) sql += " AND job_id = :job";
     if (!q.key_pattern.empty()) sql += " AND routing_key GLOB :key";
     if (!q.result.empty()) sql += " AND result = :result";
@@ -439,6 +444,11 @@ std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
         r.unit = column_text(s, 13);
         r.error = column_text(s, 14);
         r.dedup_key = column_text(s, 15);
+        if (sqlite3_column_type(s, 16) != SQLITE_NULL)
+            r.replay_of = static_cast<JobId>(sqlite3_column_int64(s, 16));
+        if (sqlite3_column_type(s, 17) != SQLITE_NULL)
+            r.body_size = static_cast<std::uint64_t>(sqlite3_column_int64(s, 17));
+        r.body_stored = sqlite3_column_int(s, 18) != 0;
         out.push_back(std::move(r));
     }
     if (rc != SQLITE_DONE) {
@@ -476,6 +486,122 @@ DedupLookup Ledger::find_success(const std::string& looper, const std::string& d
     st.s = nullptr;
     handle_error(rc, "a de-duplication lookup");
     return {S::error, 0, why};
+}
+
+// ---- bodies (history.store_bodies; see ledger.hpp) ---------------------------------------------
+
+bool Ledger::open_bodies() {
+    // size: the body's length in bytes (as compact JSON), NULL when none was kept; body: NULL
+    // when it was over history.max_body_size.
+    if (!exec("CREATE TABLE IF NOT EXISTS bodies (job_id INTEGER PRIMARY KEY, replay_of INTEGER, "
+              "size INTEGER, body TEXT)"))
+        return false;
+    if (config_.store_bodies) return true;
+    // Turning store_bodies off is a promise not to keep event data: what earlier runs kept goes
+    // now, not at retention's pace. (What replayed what stays.)
+    if (!exec("UPDATE bodies SET size = NULL, body = NULL WHERE size IS NOT NULL")) return false;
+    if (auto n = sqlite3_changes(db_))
+        spdlog::info("history: history.store_bodies is false: removed {} stored event bodies "
+                     "from {}",
+                     n, path_);
+    return true;
+}
+
+void Ledger::record_body(JobId job, std::optional<JobId> replay_of, std::string body) {
+    if (!config_.store_bodies) return;
+    std::uint64_t size = body.size();
+    if (size > config_.max_body_size) body.clear();
+    if (pending_body_bytes_ + body.size() > kMaxPendingBodyBytes) flush();
+    if (pending_body_bytes_ + body.size() > kMaxPendingBodyBytes) {
+        // The database has been unwritable for a while: memory stays bounded.
+        ++stats_.bodies_dropped;
+        return;
+    }
+    pending_body_bytes_ += body.size();
+    pending_bodies_.push_back({job, replay_of, size, std::move(body)});
+}
+
+int Ledger::write_bodies(int rc) {
+    Stmt st;
+    if (rc == SQLITE_OK && !pending_bodies_.empty())
+        rc = sqlite3_prepare_v2(db_,
+                                "INSERT OR REPLACE INTO bodies (job_id, replay_of, size, body) "
+                                "VALUES (?,?,?,?)",
+                                -1, &st.s, nullptr);
+    for (auto& b : pending_bodies_) {
+        if (rc != SQLITE_OK) break;
+        auto* s = st.s;
+        sqlite3_bind_int64(s, 1, static_cast<sqlite3_int64>(b.job));
+        if (b.replay_of)
+            sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(*b.replay_of));
+        else
+            sqlite3_bind_null(s, 2);
+        sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(b.size));
+        if (b.size > config_.max_body_size)
+            sqlite3_bind_null(s, 4);
+        else
+            bind_text(s, 4, b.body);
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE) rc = SQLITE_OK;
+        sqlite3_reset(s);
+    }
+    // Written or lost with the batch they belong to: either way, not kept in memory.
+    pending_bodies_.clear();
+    pending_body_bytes_ = 0;
+    return rc;
+}
+
+void Ledger::prune_bodies() {
+    // Job ids grow: every body older than the oldest job still recorded has lost its job. (A
+    // body whose job was pruned while an older one stays goes when that one goes.) Both lookups
+    // use an index (jobs_job_id; job_id is the bodies' row id).
+    exec("DELETE FROM bodies WHERE job_id < COALESCE((SELECT MIN(job_id) FROM jobs WHERE "
+         "job_id > 0), 9223372036854775807)");
+}
+
+StoredBody Ledger::body(JobId job) {
+    using S = StoredBody::Status;
+    flush();
+    if (!open()) throw std::runtime_error("the history database " + path_ + " cannot be opened");
+    Stmt st;
+    int rc = sqlite3_prepare_v2(db_,
+                                "SELECT routing_key, looper, event_id, result, bodies.size, "
+                                "bodies.body FROM jobs LEFT JOIN bodies USING (job_id) "
+                                "WHERE job_id = ?1 ORDER BY seq DESC LIMIT 1",
+                                -1, &st.s, nullptr);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st.s, 1, static_cast<sqlite3_int64>(job));
+        rc = sqlite3_step(st.s);
+    }
+    StoredBody out;
+    if (rc == SQLITE_ROW) {
+        auto* s = st.s;
+        out.routing_key = column_text(s, 0);
+        out.looper = column_text(s, 1);
+        out.event_id = column_text(s, 2);
+        out.result = column_text(s, 3);
+        out.size = static_cast<std::uint64_t>(sqlite3_column_int64(s, 4));
+        if (sqlite3_column_type(s, 4) == SQLITE_NULL)
+            out.status = S::not_stored;
+        else if (sqlite3_column_type(s, 5) == SQLITE_NULL)
+            out.status = S::too_large;
+        else {
+            out.status = S::stored;
+            out.body = column_text(s, 5);
+        }
+        return out;
+    }
+    if (rc != SQLITE_DONE) {
+        handle_error(rc, "a body lookup");
+        throw std::runtime_error(std::string("history query: ") + sqlite3_errstr(rc));
+    }
+    Stmt oldest;
+    if (sqlite3_prepare_v2(db_, "SELECT MIN(job_id) FROM jobs WHERE job_id > 0", -1, &oldest.s,
+                           nullptr) == SQLITE_OK &&
+        sqlite3_step(oldest.s) == SQLITE_ROW && sqlite3_column_type(oldest.s, 0) != SQLITE_NULL &&
+        job < static_cast<JobId>(sqlite3_column_int64(oldest.s, 0)))
+        out.status = S::pruned;
+    return out;
 }
 
 JobId Ledger::max_job_id() {

@@ -12,6 +12,13 @@
 // Faults of the database never reach the event path: an error is logged and counted; a corrupt
 // database (SQLITE_CORRUPT, SQLITE_NOTADB) is renamed aside and a new one started; a full disk
 // drops the batch (counted) and prunes the oldest rows.
+//
+// Event bodies (history.store_bodies, off by default) live in a table of their own, "bodies", in
+// the same database: the file is already readable by the service user alone (0600, below), a
+// body commits in the same transaction as its job's record, a corrupt database is moved aside
+// with its bodies, and pruning removes a body with its job. A body longer than
+// history.max_body_size is not kept: its row says how long it was, and the job cannot be
+// replayed. The table has statements of its own, so that the jobs table's path is untouched.
 #pragma once
 
 #include "core/config.hpp"
@@ -46,6 +53,25 @@ struct LedgerRecord {
     // What de-duplication looks for (the event's dedup_id, else its id as JSON text); "" when
     // the looper does not de-duplicate.
     std::string dedup_key{};
+    // Read by query() from the bodies table (record() ignores them: see record_body()).
+    std::optional<JobId> replay_of{};         // the job this one replayed
+    std::optional<std::uint64_t> body_size{}; // bytes; nullopt: no body was kept for it
+    bool body_stored = false;                 // false with a size: over history.max_body_size
+};
+
+// The answer of Ledger::body: the body of a job, or why there is none.
+struct StoredBody {
+    enum class Status {
+        stored,
+        not_stored, // the job is in the ledger, its body was not kept (store_bodies was off)
+        too_large,  // it was longer than history.max_body_size; size says how long
+        no_job,     // no record of this job id
+        pruned,     // no record, and its id is older than the oldest kept: retention removed it
+    } status = Status::no_job;
+    std::string body{}; // JSON text, as the event's body was (stored only)
+    std::uint64_t size = 0;
+    // The job's record (stored, not_stored, too_large): what a replay routes again.
+    std::string routing_key{}, looper{}, event_id{}, result{};
 };
 
 // The answer of Ledger::find_success: a job, none, or a database that could not answer.
@@ -69,6 +95,7 @@ struct LedgerStats {
     std::uint64_t errors = 0;    // failed writes, opens or queries
     std::uint64_t rotations = 0; // corrupt databases renamed aside
     std::uint64_t unrouted = 0;  // unrouted events seen (recorded or not)
+    std::uint64_t bodies_dropped = 0; // bodies not kept: the database was unwritable too long
 };
 
 class Ledger {
@@ -77,6 +104,8 @@ class Ledger {
     // Records waiting for the disk beyond this are dropped (counted): memory stays bounded
     // while the database is unwritable.
     static constexpr std::size_t kMaxPending = 100000;
+    // The same for bodies waiting for the disk, in bytes.
+    static constexpr std::size_t kMaxPendingBodyBytes = 64u << 20;
 
     // path: the database file (its directory must exist). A database that cannot be opened now
     // is retried at every flush; the ledger is never a reason for loopabull not to start.
@@ -94,6 +123,15 @@ class Ledger {
         ++stats_.unrouted;
         return config_.record_unrouted;
     }
+    // Whether bodies are kept (history.store_bodies).
+    bool stores_bodies() const noexcept { return config_.store_bodies; }
+    // Queues a finished job's body, before its record(): written in the same transaction.
+    // body: JSON text; a body over history.max_body_size is kept as its size only. replay_of:
+    // the job a replay replayed. Does nothing when bodies are not kept.
+    void record_body(JobId job, std::optional<JobId> replay_of, std::string body);
+    // The stored body of a job and its record (flushes first). Throws std::runtime_error on a
+    // database error, like query().
+    StoredBody body(JobId job);
     // Writes the pending batch now (one transaction), then applies retention.
     void flush();
     // Newest first. Flushes first, so that a job that just ended is found. Throws
@@ -119,6 +157,10 @@ class Ledger {
     void prune();
     void handle_error(int rc, const char* what);
     bool exec(const char* sql);
+    // The bodies table (see the top of this file): created or, with store_bodies off, emptied.
+    bool open_bodies();
+    int write_bodies(int rc); // inside flush()'s transaction; rc: the batch's so far
+    void prune_bodies();
 
     sd_event* event_;
     HistoryConfig config_;
@@ -127,6 +169,14 @@ class Ledger {
     sqlite3* db_ = nullptr;
     sd_event_source* timer_ = nullptr;
     std::vector<LedgerRecord> pending_;
+    struct PendingBody {
+        JobId job;
+        std::optional<JobId> replay_of;
+        std::uint64_t size;
+        std::string body; // empty when over the cap
+    };
+    std::vector<PendingBody> pending_bodies_;
+    std::size_t pending_body_bytes_ = 0;
     LedgerStats stats_;
 };
 

@@ -75,10 +75,30 @@ bool Manager::deduplicate(Looper& looper, const Event& ev, std::string& key) {
         spdlog::info("{}: event {} already succeeded as job {} within the dedup window; not run "
                      "again",
                      ev.routing_key, loggable(key), found.job_id);
+    ledger_duplicate(looper.name(), ev.routing_key, *ev.id, Result::succeeded,
+                     "duplicate of job " + std::to_string(found.job_id) +
+                         ", which succeeded within the dedup window: not run again");
     answer(looper.name(), looper.generation(), ev.id, Result::succeeded, std::nullopt, {},
            found.job_id);
     key.clear();
     return true;
+}
+
+// Every delivery is in the history, also one that ran nothing: its record has no job id, the
+// answer's result and, as its reason, the job it duplicated. Its dedup key stays empty: a
+// later delivery must find the job that ran, never this record.
+void Manager::ledger_duplicate(const std::string& looper, const std::string& routing_key,
+                               const json& id, Result result, std::string reason) {
+    if (!ledger_) return;
+    auto now = realtime_usec();
+    ledger_->record({.event_id = id.dump(),
+                     .looper = looper,
+                     .routing_key = routing_key,
+                     .user = ledger_->user(),
+                     .queued_usec = now,
+                     .finished_usec = now,
+                     .result = std::string(to_string(result)),
+                     .error = std::move(reason)});
 }
 
 void Manager::dedup_started(const Job& job) {
@@ -98,6 +118,9 @@ void Manager::dedup_finished(const Job& job, const Outcome& outcome) {
         it != dedup_inflight_.end() && it->second == job.id)
         dedup_inflight_.erase(it);
     for (const auto& f : job.followers) {
+        ledger_duplicate(job.looper, job.routing_key, f.id, outcome.result,
+                         "duplicate of job " + std::to_string(job.id) +
+                             ", which was running: answered with its outcome");
         if (outcome.result == Result::succeeded)
             answer(job.looper, f.generation, f.id, Result::succeeded, std::nullopt, {}, job.id);
         else

@@ -825,28 +825,39 @@ void Manager::route(Looper& looper, Event ev) {
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
                       "playbook " + d.playbook.detail);
     }
-    const Route* r = d.choice.route;
-    if (d.throttle_key &&
-        !throttler_.admit(*d.throttle_key, now_monotonic_usec(),
-                          static_cast<std::uint64_t>(r->throttle->once_within.count()))) {
-        ++counters_.events_throttled;
-        // A throttled key is a chatty one by definition: its lines are limited like unrouted ones.
-        if (spdlog::should_log(spdlog::level::info) && may_log(throttled_log_, "throttled events"))
-            spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", ev.routing_key,
-                         r->name, r->throttle->per.text(), display_value(d.throttle_value),
-                         r->throttle->once_within.count() / 1000000);
+    if (!admit_throttled(d, ev.routing_key)) {
         answer(looper.name(), looper.generation(), ev.id, Result::throttled, std::nullopt);
         return status_changed();
     }
     Job job;
-    job.id = next_job_++;
     job.routing_key = std::move(ev.routing_key);
     job.body = std::move(ev.body);
     job.event_id = std::move(ev.id);
     job.looper = looper.name();
     job.generation = looper.generation();
-    job.playbook = std::move(d.playbook.path);
     job.dedup_key = std::move(dedup_key);
+    enqueue(std::move(job), d);
+}
+
+bool Manager::admit_throttled(const Dispatch& d, const std::string& routing_key) {
+    const Route* r = d.choice.route;
+    if (!d.throttle_key ||
+        throttler_.admit(*d.throttle_key, now_monotonic_usec(),
+                         static_cast<std::uint64_t>(r->throttle->once_within.count())))
+        return true;
+    ++counters_.events_throttled;
+    // A throttled key is a chatty one by definition: its lines are limited like unrouted ones.
+    if (spdlog::should_log(spdlog::level::info) && may_log(throttled_log_, "throttled events"))
+        spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", routing_key, r->name,
+                     r->throttle->per.text(), display_value(d.throttle_value),
+                     r->throttle->once_within.count() / 1000000);
+    return false;
+}
+
+JobId Manager::enqueue(Job job, Dispatch& d) {
+    const Route* r = d.choice.route;
+    job.id = next_job_++;
+    job.playbook = std::move(d.playbook.path);
     if (r) {
         job.route = r->name;
         if (d.serial) job.serial_value = display_value(d.serial_value);
@@ -866,6 +877,7 @@ void Manager::route(Looper& looper, Event ev) {
     start_jobs();
     update_intake();
     status_changed();
+    return id;
 }
 
 Explanation Manager::explain(const std::string& routing_key, const std::string& looper,
@@ -901,11 +913,11 @@ void Manager::start_jobs() {
 
 std::optional<std::string> Manager::write_vars(Job& job) {
     // The variables are built in one place (core/job-vars), which explain shows as well.
-    std::string text = job_vars_text(job.body,
-                                     {job.routing_key, std::to_string(job.id), options_.instance,
-                                      job.looper, job.event_id, job.route},
-                                     config_.ansible.trusted_payloads,
-                                     config_.ansible.event_variable);
+    std::string text = job_vars_text(
+        job.body,
+        {job.routing_key, std::to_string(job.id), options_.instance, job.looper, job.event_id,
+         job.route, job.replay_of ? std::to_string(*job.replay_of) : ""},
+        config_.ansible.trusted_payloads, config_.ansible.event_variable);
     std::string path = vars_dir_ + "/job-" + std::to_string(job.id) + ".yml";
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd) return "cannot create vars file " + path + ": " + std::strerror(errno);
@@ -1007,6 +1019,9 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
                       job.started_usec ? static_cast<double>(done.finished_usec - job.started_usec) / 1e6
                                        : -1.0); // never started: no duration
     remember(done);
+    if (ledger_ && ledger_->stores_bodies())
+        ledger_->record_body(id, job.replay_of,
+                             job.body.dump(-1, ' ', false, json::error_handler_t::replace));
     if (ledger_)
         ledger_->record({.job_id = id,
                          .event_id = job.event_id ? job.event_id->dump() : std::string(),
@@ -1027,8 +1042,10 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
     dedup_finishing(job, outcome.result);
     // A timeout's text ("timed out after 30min") is for the log and GetJob: the answer's
     // result already says it, and the protocol carries an error only for other results.
-    answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
-           outcome.result == Result::timeout ? std::string() : outcome.error);
+    // A replay answers nobody: its event was settled when it first ran.
+    if (!job.replay_of)
+        answer(job.looper, job.generation, job.event_id, outcome.result, outcome.exit_code,
+               outcome.result == Result::timeout ? std::string() : outcome.error);
     dedup_finished(job, outcome);
     if (observer_) observer_->job_removed(done);
     status_changed();
@@ -1126,6 +1143,99 @@ bool Manager::cancel_job(JobId id, std::string_view by) {
     complete(id, {Result::cancelled, std::nullopt, {}, {}});
     update_intake();
     return true;
+}
+
+namespace {
+
+std::string body_refusal(JobId id, const StoredBody& b, const HistoryConfig& h) {
+    using S = StoredBody::Status;
+    auto job = "job " + std::to_string(id);
+    switch (b.status) {
+    case S::no_job:
+        return "no " + job + " in the history";
+    case S::pruned:
+        return job + " is no longer in the history (removed by retention: history.max_age, "
+                     "history.max_jobs)";
+    case S::too_large:
+        return "the body of " + job + " was not stored: its " + std::to_string(b.size) +
+               " bytes are over history.max_body_size (" + std::to_string(h.max_body_size) + ")";
+    case S::not_stored:
+        return h.store_bodies ? "the body of " + job +
+                                    " was not stored (history.store_bodies was false when it ran)"
+                              : "event bodies are not stored (history.store_bodies is false)";
+    case S::stored:
+        break;
+    }
+    return {};
+}
+
+} // namespace
+
+std::variant<StoredBody, ReplayRefusal> Manager::stored_body(JobId id) {
+    using W = ReplayRefusal::Why;
+    if (!ledger_)
+        return ReplayRefusal{W::history_off,
+                             "instance " + options_.instance + " keeps no history, so no bodies"};
+    if (!ledger_->stores_bodies())
+        return ReplayRefusal{W::no_body,
+                             "event bodies are not stored (history.store_bodies is false)"};
+    if (jobs_.count(id))
+        return ReplayRefusal{W::not_finished, "job " + std::to_string(id) +
+                                                  " has not finished: its body is recorded "
+                                                  "when it ends"};
+    auto b = ledger_->body(id);
+    using S = StoredBody::Status;
+    if (b.status == S::stored) return b;
+    auto why = b.status == S::no_job || b.status == S::pruned ? W::no_job : W::no_body;
+    return ReplayRefusal{why, body_refusal(id, b, config_.history)};
+}
+
+std::variant<std::string, ReplayRefusal> Manager::job_body(JobId id) {
+    auto found = stored_body(id);
+    if (auto* refused = std::get_if<ReplayRefusal>(&found)) return std::move(*refused);
+    return std::move(std::get<StoredBody>(found).body);
+}
+
+std::variant<JobId, ReplayRefusal> Manager::replay_job(JobId of, std::string_view by) {
+    using W = ReplayRefusal::Why;
+    if (stopping_)
+        return ReplayRefusal{W::stopping, "instance " + options_.instance + " is stopping"};
+    auto found = stored_body(of);
+    if (auto* refused = std::get_if<ReplayRefusal>(&found)) return std::move(*refused);
+    auto& record = std::get<StoredBody>(found);
+    auto body = json::parse(record.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object())
+        return ReplayRefusal{W::no_body, "the stored body of job " + std::to_string(of) +
+                                             " is not a JSON object"};
+    auto of_text = std::to_string(of);
+    log::Fields f{.looper = record.looper, .routing_key = record.routing_key};
+    log::Scope scope(f);
+    if (scheduler_.full())
+        return ReplayRefusal{W::not_run, "the queue is full (executor.queue_size); try again"};
+    auto d =
+        dispatch(config_, record.routing_key, record.looper, body, [this](const std::string& rel) {
+            return find_playbook_at(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, rel);
+        });
+    if (!d.runs())
+        return ReplayRefusal{W::not_run, "today's routing does not run job " + of_text +
+                                             "'s event (" + std::string(to_string(d.result)) +
+                                             "): " + d.reason(record.routing_key, record.looper)};
+    if (!admit_throttled(d, record.routing_key))
+        return ReplayRefusal{W::not_run, "throttled by route '" + d.route_name() +
+                                             "': its value ran within the route's once_within"};
+    Job job;
+    job.routing_key = record.routing_key;
+    job.body = std::move(body);
+    if (!record.event_id.empty()) {
+        auto id = json::parse(record.event_id, nullptr, false);
+        if (!id.is_discarded()) job.event_id = std::move(id);
+    }
+    job.looper = record.looper;
+    job.replay_of = of;
+    JobId id = next_job_; // enqueue() takes it
+    spdlog::info("job {} ({}) queued: a replay of job {}, asked by {}", id, job.routing_key, of,
+                 by);
+    return enqueue(std::move(job), d);
 }
 
 void Manager::pause() {

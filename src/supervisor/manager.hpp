@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <variant>
 #include <vector>
 
 namespace loopabull {
@@ -109,6 +110,22 @@ struct Job {
         json id;
     };
     std::vector<Follower> followers;
+    // A replay (ReplayJob): the job whose recorded event it runs again. It has no looper to
+    // answer: its outcome is in the log, the ledger and on D-Bus only.
+    std::optional<JobId> replay_of;
+};
+
+// Why GetJobBody or ReplayJob cannot be done (issue 17); the D-Bus API names an error for each.
+struct ReplayRefusal {
+    enum class Why {
+        history_off,  // no ledger
+        no_job,       // not in the ledger (never was, or pruned: the message says)
+        no_body,      // in the ledger without a body (not stored, or over max_body_size)
+        not_finished, // queued or running: its body is not recorded yet
+        not_run,      // today's routing does not run it (unrouted, rejected, throttled)
+        stopping,
+    } why;
+    std::string message;
 };
 
 struct Counters {
@@ -153,6 +170,13 @@ class Manager final : public LooperHost, public ExecutorHost {
     // Whether a line about a refused D-Bus call may be logged now (20 every 10 s; the next line
     // says how many were suppressed): callers are outsiders, who must not flood the journal.
     bool may_log_refused_call() { return may_log(refused_log_, "refused D-Bus calls"); }
+    // The recorded body of a finished job (JSON text), from the ledger.
+    std::variant<std::string, ReplayRefusal> job_body(JobId id);
+    // Runs the recorded event of job `of` (routing key, looper, body) again through today's
+    // routing (routes, conditions, serialization, throttle) as a new job, whose variables carry
+    // loopabull_replay_of. De-duplication is not asked: a replay is asked for, not redelivered.
+    // by: who asked, safe to log. Returns the new job's id.
+    std::variant<JobId, ReplayRefusal> replay_job(JobId of, std::string_view by);
     void pause(); // no new events are taken; running jobs go on
     void resume();
     // What would happen to this event now (routes, playbook, live serialization and throttle
@@ -195,6 +219,11 @@ class Manager final : public LooperHost, public ExecutorHost {
 
     void reject(Looper& looper, const std::optional<json>& id, const std::string& reason);
     void route(Looper& looper, Event event);
+    // The end of routing, for events and replays: false when the route's throttle holds it;
+    // enqueue() queues a job that dispatch said to run and returns its id.
+    bool admit_throttled(const Dispatch& d, const std::string& routing_key);
+    std::variant<StoredBody, ReplayRefusal> stored_body(JobId id);
+    JobId enqueue(Job job, Dispatch& d);
     void answer(const std::string& looper, std::uint64_t generation, const std::optional<json>& id,
                 Result result, std::optional<int> exit_code, std::string_view error = {},
                 std::optional<JobId> duplicate_of = std::nullopt);
@@ -207,6 +236,9 @@ class Manager final : public LooperHost, public ExecutorHost {
     void dedup_finishing(const Job& job, Result result);
     // After it: answers the followers and forgets the job.
     void dedup_finished(const Job& job, const Outcome& outcome);
+    // A duplicate into the ledger, as a record of its own naming the job it duplicated.
+    void ledger_duplicate(const std::string& looper, const std::string& routing_key, const json& id,
+                          Result result, std::string reason);
     void start_jobs();
     std::optional<std::string> launch(Job& job);
     std::optional<std::string> write_vars(Job& job);

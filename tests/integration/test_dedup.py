@@ -75,6 +75,13 @@ def feeding(tmp, cfg):
             feed.sup.kill()
 
 
+def ledger_rows(tmp):
+    """(job_id, event_id, result, error, dedup_key) of every record, oldest first."""
+    with sqlite3.connect(tmp / "history.sqlite") as db:
+        return db.execute("SELECT job_id, event_id, result, error, dedup_key FROM jobs "
+                          "ORDER BY seq").fetchall()
+
+
 def runs(tmp):
     p = tmp / "runs"
     return p.read_text().splitlines() if p.exists() else []
@@ -96,6 +103,9 @@ def test_the_same_event_twice_runs_once_also_across_a_restart(workdir, superviso
         feed.send("dedup.ok", "e-2")
         feed.wait_answers("e-2")
         assert len(runs(workdir)) == 2
+    # The duplicate has a record of its own, without a job, naming job 1.
+    assert ledger_rows(workdir)[1] == (0, '"e-1"', "succeeded", "duplicate of job 1, which "
+                                       "succeeded within the dedup window: not run again", "")
     # A new supervisor on the same ledger: the redelivered event is still a duplicate.
     (workdir / "answers").unlink()
     with feeding(workdir, cfg) as feed:
@@ -132,6 +142,8 @@ def test_a_duplicate_of_a_running_job_gets_its_outcome(workdir, supervisor):
         assert answers[1] == {"id": "g-1", "result": "succeeded", "exit_code": None,
                               "duplicate_of": 1}
         assert len(runs(workdir)) == 1
+    assert ledger_rows(workdir)[1] == (0, '"g-1"', "succeeded", "duplicate of job 1, which was "
+                                       "running: answered with its outcome", "")
 
 
 def test_a_ledger_that_cannot_answer_never_costs_the_event(workdir, supervisor):

@@ -79,7 +79,7 @@ class Service:
         m.write_file(f"{TESTDIR}/ansible.cfg", "[defaults]\nlocal_tmp = /tmp/ansible-local\n"
                      "remote_tmp = /tmp/ansible-remote\nretry_files_enabled = false\n")
 
-    def configure(self, instance, routing_keys=("all",), **executor):
+    def configure(self, instance, routing_keys=("all",), history=None, **executor):
         cfg = {
             "loglevel": "debug",
             "routing_keys": list(routing_keys),
@@ -89,6 +89,8 @@ class Service:
             "executor": {"type": "direct", "max_parallel": 2, "timeout": "5min", "stop_timeout": "8s",
                          **executor},
         }
+        if history:
+            cfg["history"] = history
         self.m.write_file(f"{self.confdir}/{instance}.yml", json.dumps(cfg, indent=1), mode=0o640,
                           owner="root:loopabull")
         return cfg
@@ -337,6 +339,42 @@ polkit.addRule(function(action, subject) {{
     assert service.ctl("-i", "releng", "cancel", "1", user=USER).returncode == 0
     assert service.wait_job("releng", 1)["result"] == "aborted"
     assert re.search(rf"cancel of job 1 by uid {uid} \(:\S+\), authorized by polkit", service.journal("releng"))
+
+
+def test_replay_has_a_polkit_action_of_its_own(service):
+    """Issue 17: ReplayJob is refused to an unprivileged user through the real polkit, also to one
+    a rule lets manage the instance (who may then read the body), and allowed to root: the
+    real playbook runs again with the recorded body."""
+    m = service.m
+    service.start("releng", history={"store_bodies": True, "flush_interval": "50ms"})
+    service.drop("releng", "test.hello", {"who": "first"})
+    assert service.wait_job("releng", 1)["result"] == "succeeded"
+    denied = ("org.freedesktop.DBus.Error.AccessDenied",
+              "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired")
+    for method in ("ReplayJob", "GetJobBody"):
+        assert service.call_error("releng", method, "uint64:1", user=USER)[0] in denied
+    r = service.ctl("-i", "releng", "--no-ask-password", "replay", "1", user=USER)
+    assert r.returncode == 4 and "org.loopabull.loopabull1.replay" in r.stderr, r
+    m.write_file("/etc/polkit-1/rules.d/50-loopabull-test.rules", f"""
+polkit.addRule(function(action, subject) {{
+    if (action.id == "org.loopabull.loopabull1.manage" && subject.user == "{USER}")
+        return polkit.Result.YES;
+}});
+""")
+    m.systemctl("restart", "polkit.service")
+    r = service.ctl("-i", "releng", "job", "1", "--body", user=USER)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"who": "first"}, r
+    assert service.ctl("-i", "releng", "--no-ask-password", "replay", "1", user=USER).returncode == 4
+    r = service.ctl("-i", "releng", "replay", "1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"id": 2, "replay_of": 1}, r
+    assert service.wait_job("releng", 2)["result"] == "succeeded"
+    assert m.run(["cat", "/var/lib/loopabull/releng/ran-2"]).stdout == "first as loopabull\n"
+    uid = m.run(["id", "-u", USER]).stdout.strip()
+    # Refused by the shipped action's defaults (auth_admin_keep), not for want of an action.
+    assert re.search(rf"replay by uid {uid} \(:\S+\) refused: polkit wants interactive",
+                     service.journal("releng"))
+    assert "auth_admin_keep" in m.run(["pkaction", "--verbose", "--action-id",
+                                       "org.loopabull.loopabull1.replay"]).stdout
 
 
 def test_systemctl_reload_applies_a_new_routing_key(service):

@@ -62,7 +62,8 @@ TEST(EventNames, TopLevelRefusesWhatAnsibleGivesMeaningTo) {
                      "lookup",
                      "become_exe",
                      "loopabull_job_id",
-                     "loopabull_event_id"}) {
+                     "loopabull_event_id",
+                     "loopabull_replay_of"}) {
         auto err = top_level_key_error(key);
         ASSERT_TRUE(err) << key;
         EXPECT_NE(err->find(std::string("'") + key + "'"), std::string::npos) << *err;

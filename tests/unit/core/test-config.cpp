@@ -1088,6 +1088,24 @@ TEST(Config, HistoryKeys) {
     ASSERT_EQ(bad.size(), 3u);
 }
 
+// Issue 17: stored bodies; the errors name the field.
+TEST(Config, HistoryBodies) {
+    auto d = parsed(with_top(""));
+    EXPECT_FALSE(d.history.store_bodies);
+    EXPECT_EQ(d.history.max_body_size, 64u * 1024);
+    auto c = parsed(with_top("history:\n  store_bodies: true\n  max_body_size: 1MiB\n"));
+    EXPECT_TRUE(c.history.store_bodies);
+    EXPECT_EQ(c.history.max_body_size, 1u << 20);
+    error_with(with_top("history:\n  max_body_size: 17MiB\n"),
+               "'max_body_size' must be between 1B and 16MiB");
+    error_with(with_top("history:\n  enabled: false\n  store_bodies: true\n"),
+               "'store_bodies' keeps bodies in the history ledger, which 'history.enabled: "
+               "false' turns off");
+    auto e = errors_of(with_top("history:\n  store_bodies: maybe\n"));
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_NE(describe(e).find("store_bodies"), std::string::npos) << describe(e);
+}
+
 // --- dedup (issue 17) ---
 
 TEST(Config, DedupWindowIsReadAndChecked) {
