@@ -390,8 +390,12 @@ class Bench:
         # least (other engineers' compilers take the wall clock, not our CPU time).
         cpu_off, cpu_on, cpu_per_record = [], [], []
         true = {"playbook_cmd": ["/bin/true"]}
+        # The runtime files are on a tmpfs; a service's ledger is on the disk of /var/lib
+        # (--ledger-dir puts it there: WAL checkpoints then wait for fsync).
+        where = Path(tempfile.mkdtemp(prefix="loopabull-bench-ledger.", dir=self.args.ledger_dir)
+                     ) if self.args.ledger_dir else self.tmp
         for i in range(self.args.reps):
-            db = self.tmp / f"ledger-{i}.sqlite"
+            db = where / f"ledger-{i}.sqlite"
             hist = {"history": {"path": str(db), "record_unrouted": True, "max_jobs": keep}}
             p = self.looper_run(n, "bench.unrouted")
             r = self.looper_run(n, "bench.unrouted", extra=hist)
@@ -409,9 +413,9 @@ class Bench:
             m = self.args.jobs
             jp = self.looper_run(m, "bench.job", max_parallel=2, queue_size=m, **true)
             jr = self.looper_run(m, "bench.job", max_parallel=2, queue_size=m, **true,
-                                 extra={"history": {"path": str(self.tmp / f"jobs-{i}.sqlite")}})
+                                 extra={"history": {"path": str(where / f"jobs-{i}.sqlite")}})
             assert jp["succeeded"] == m and jr["succeeded"] == m, (jp, jr)
-            assert self.ledger_size(self.tmp / f"jobs-{i}.sqlite")[0] == m
+            assert self.ledger_size(where / f"jobs-{i}.sqlite")[0] == m
             jobs_ratio.append(jr["elapsed_s"] and (m / jr["elapsed_s"]) / (m / jp["elapsed_s"]))
             self.log(f"ledger {i + 1}: {r['events_per_s']:.0f} events/s recorded, "
                      f"{p['events_per_s']:.0f} without ({ratio[-1]:.2f}x); per CPU-s "
@@ -441,6 +445,8 @@ class Bench:
         self.record("event_path", "ledger_bytes", sizes, "bytes",
                     note="database + WAL after the run (deleted rows' pages are reused, not "
                          "returned)")
+        if where != self.tmp:
+            shutil.rmtree(where, ignore_errors=True)
 
     # 2. direct executor
     def direct(self):
@@ -881,6 +887,9 @@ def main():
     ap.add_argument("--queued", type=int, default=100000)
     ap.add_argument("--ledger-events", type=int, default=1000000,
                     help="events of the ledger scenario (each one a ledger record)")
+    ap.add_argument("--ledger-dir", default=None,
+                    help="directory of the ledger scenario's databases (default: the bench's "
+                         "tmpfs directory; a service's is on disk under /var/lib)")
     ap.add_argument("--ledger-max-jobs", type=int, default=100000,
                     help="history.max_jobs of the ledger scenario")
     ap.add_argument("--only", nargs="+", choices=["event_path", "event_path_routes",
