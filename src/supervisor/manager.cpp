@@ -769,11 +769,7 @@ void Manager::ledger_unrouted(const Looper& looper, const std::optional<json>& i
 void Manager::route(Looper& looper, Event ev) {
     log::Fields f{.looper = looper.name(), .routing_key = ev.routing_key};
     log::Scope scope(f);
-    // The time sd-event read once for this loop iteration (sd_event_now(3)), not a clock read
-    // per event: the gauge has whole seconds, and one wake-up dispatches thousands of lines.
-    std::uint64_t seen = 0;
-    if (sd_event_now(event_.get(), CLOCK_REALTIME, &seen) < 0) seen = now_realtime_usec();
-    metrics_.key_seen(ev.routing_key, static_cast<double>(seen / 1000000));
+    metrics_.key_seen(ev.routing_key, static_cast<double>(now_realtime_usec() / 1000000));
     std::string dedup_key;
     if (deduplicate(looper, ev, dedup_key)) return status_changed();
     auto d = dispatch(config_, ev.routing_key, looper.name(), ev.body,
