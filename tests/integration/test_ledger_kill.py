@@ -5,6 +5,7 @@ the kill is still there, what is missing is at most the one batch that was in me
 says that the last run did not shut down cleanly and which record was the last."""
 import json
 import os
+import resource
 import signal
 import sqlite3
 import time
@@ -164,3 +165,34 @@ def test_a_ledger_from_before_gets_partial_indexes_and_keeps_its_records(workdir
         assert "jobs_job" in plan, plan
     finally:
         db.close()
+
+
+def test_a_ledger_that_cannot_grow_never_stops_events(workdir):
+    """A full disk, as the supervisor sees it: once it runs, its files may not grow past 256 KiB
+    (RLIMIT_FSIZE on its process only, SIGXFSZ ignored: writes fail as on a full file system).
+    Every event is a record (record_unrouted); the batches that cannot be written are dropped,
+    logged and counted, every event is still answered, and the supervisor stops cleanly."""
+    ledger = workdir / "history.sqlite"
+    answers = workdir / "answers"
+    events = 6000  # about 800 KB of records
+    lines = [json.dumps({"routing_key": "full.none", "id": f"f-{i}"}) for i in range(events)]
+    cfg = base_config(workdir, [scripted(lines=lines, answers=str(answers))],
+                      history={"path": str(ledger), "batch_size": 200, "record_unrouted": True},
+                      loglevel="info")
+    sup = Supervisor(workdir, cfg, preexec=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+    try:
+        # The looper has started (its answers file is not limited); the supervisor's files are.
+        resource.prlimit(sup.proc.pid, resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+        wait_until(lambda: len(read_answers(answers)) == events, 60, what="every answer")
+        assert {a["result"] for a in read_answers(answers)} == {"unrouted"}
+        sup.wait_log(r"history: \d+ record\(s\) lost")
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        kept = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    finally:
+        db.close()
+    assert kept < events
