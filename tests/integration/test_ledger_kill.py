@@ -155,13 +155,13 @@ def test_a_ledger_from_before_gets_partial_indexes_and_keeps_its_records(workdir
         indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
                                   "AND tbl_name = 'jobs'"))
         assert set(indexes) == {"jobs_finished", "jobs_job", "jobs_dedup_key"}, indexes
-        assert "WHERE job_id != 0" in indexes["jobs_job"]
+        assert "WHERE job_id > 0" in indexes["jobs_job"]
         assert "WHERE dedup_key != ''" in indexes["jobs_dedup_key"]
         rows = db.execute("SELECT job_id, result FROM jobs ORDER BY seq").fetchall()
         assert rows == [(41, "succeeded"), (0, "unrouted"), (42, "succeeded")]
         # The lookups the supervisor makes use the partial indexes.
         plan = " ".join(r[3] for r in db.execute(
-            "EXPLAIN QUERY PLAN SELECT job_id FROM jobs WHERE job_id = 41 AND job_id != 0"))
+            "EXPLAIN QUERY PLAN SELECT job_id FROM jobs WHERE job_id = 41 AND job_id > 0"))
         assert "jobs_job" in plan, plan
     finally:
         db.close()
