@@ -3,6 +3,7 @@
 start opens the same database (no corruption, nothing moved aside), every record committed before
 the kill is still there, what is missing is at most the one batch that was in memory, and the log
 says that the last run did not shut down cleanly and which record was the last."""
+import contextlib
 import json
 import os
 import resource
@@ -16,12 +17,19 @@ BATCH = 50
 EVENTS = 3000
 
 
-def recorded_ids(path):
+@contextlib.contextmanager
+def read_only(path):
+    """The ledger opened read-only, as an operator's sqlite3 would, closed on the way out."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {json.loads(r[0]) for r in db.execute("SELECT event_id FROM jobs WHERE job_id > 0")}
+        yield db
     finally:
         db.close()
+
+
+def recorded_ids(path):
+    with read_only(path) as db:
+        return {json.loads(r[0]) for r in db.execute("SELECT event_id FROM jobs WHERE job_id > 0")}
 
 
 def test_sigkill_while_the_ledger_writes_batches_loses_at_most_the_last(workdir):
@@ -150,8 +158,7 @@ def test_a_ledger_from_before_gets_partial_indexes_and_keeps_its_records(workdir
     finally:
         if sup.proc.poll() is None:
             sup.kill()
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
+    with read_only(ledger) as db:
         indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
                                   "AND tbl_name = 'jobs'"))
         assert set(indexes) == {"jobs_finished", "jobs_job", "jobs_dedup_key"}, indexes
@@ -163,8 +170,6 @@ def test_a_ledger_from_before_gets_partial_indexes_and_keeps_its_records(workdir
         plan = " ".join(r[3] for r in db.execute(
             "EXPLAIN QUERY PLAN SELECT job_id FROM jobs WHERE job_id = 41 AND job_id > 0"))
         assert "jobs_job" in plan, plan
-    finally:
-        db.close()
 
 
 def test_a_ledger_that_cannot_grow_never_stops_events(workdir):
@@ -190,9 +195,6 @@ def test_a_ledger_that_cannot_grow_never_stops_events(workdir):
     finally:
         if sup.proc.poll() is None:
             sup.kill()
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
+    with read_only(ledger) as db:
         kept = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-    finally:
-        db.close()
     assert kept < events
