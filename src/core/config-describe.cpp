@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "core/config-describe.hpp"
 
+#include <utility>
+
 namespace loopabull {
 
 namespace {
@@ -26,6 +28,18 @@ std::string seconds(usec d) {
     auto us = d.count();
     if (us % 1000000 == 0) return std::to_string(us / 1000000) + "s";
     return std::to_string(us / 1000) + "ms";
+}
+
+// A duration in its largest exact unit, as a configuration would write it ("90d", "1s", "50ms").
+std::string span(usec d) {
+    auto us = d.count();
+    for (auto [unit, size] : {std::pair{"d", 86400000000LL},
+                              {"h", 3600000000LL},
+                              {"min", 60000000LL},
+                              {"s", 1000000LL},
+                              {"ms", 1000LL}})
+        if (us != 0 && us % size == 0) return std::to_string(us / size) + unit;
+    return std::to_string(us) + "us";
 }
 
 std::string limit(const std::optional<std::uint64_t>& v) {
@@ -87,6 +101,26 @@ std::string describe_config(const Config& c) {
         line("tasks_max", limit(e.tasks_max));
         line("cpu_quota_per_sec_usec", limit(e.cpu_quota_per_sec_usec));
     }
+    const auto& h = c.history;
+    if (!h.enabled)
+        line("history", "off");
+    else {
+        // The default path is the service's state directory: known only where it runs.
+        line("history", h.path.value_or("$STATE_DIRECTORY/history.sqlite (off where "
+                                        "STATE_DIRECTORY is not set: StateDirectory=)"));
+        line("history flush", "every " + span(h.flush_interval) + " or " +
+                                  std::to_string(h.batch_size) + " records");
+        line("history retention",
+             span(h.max_age) + ", at most " + std::to_string(h.max_jobs) + " records");
+        line("history record_unrouted", h.record_unrouted ? "true" : "false");
+        line("history store_bodies",
+             h.store_bodies ? "true, at most " + std::to_string(h.max_body_size) + " bytes each"
+                            : "false");
+    }
+    const auto& m = c.metrics;
+    line("metrics textfile", m.textfile.value_or("(none)"));
+    if (m.textfile) line("metrics interval", span(m.interval));
+    line("metrics max_keys", std::to_string(m.max_keys));
     return out;
 }
 

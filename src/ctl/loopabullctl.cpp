@@ -528,6 +528,9 @@ int cmd_status(Client& c, const Options& o) {
                   {"state", s.text["State"]},
                   {"events_received", n("EventsReceived")},
                   {"events_rejected", n("EventsRejected")},
+                  {"events_superseded", n("EventsSuperseded")},
+                  {"events_throttled", n("EventsThrottled")},
+                  {"events_duplicate", n("EventsDuplicate")},
                   {"jobs_queued", n("JobsQueued")},
                   {"jobs_running", n("JobsRunning")},
                   {"jobs_succeeded", n("JobsSucceeded")},
@@ -545,8 +548,12 @@ int cmd_status(Client& c, const Options& o) {
                 c.where().c_str());
     std::printf("    State: %s\n", s.text["State"].c_str());
     std::printf("  Version: %s\n", s.text["Version"].c_str());
-    std::printf("   Events: %" PRIu64 " received, %" PRIu64 " rejected\n", n("EventsReceived"),
-                n("EventsRejected"));
+    // Superseded, throttled and duplicate events were answered without a run of their own
+    // (routes' serial and throttle, de-duplication): the rest of "received" is in Jobs.
+    std::printf("   Events: %" PRIu64 " received, %" PRIu64 " rejected, %" PRIu64
+                " superseded, %" PRIu64 " throttled, %" PRIu64 " duplicate\n",
+                n("EventsReceived"), n("EventsRejected"), n("EventsSuperseded"),
+                n("EventsThrottled"), n("EventsDuplicate"));
     std::printf("     Jobs: %" PRIu64 " running, %" PRIu64 " queued, %" PRIu64 " succeeded, %" PRIu64
                 " failed\n",
                 n("JobsRunning"), n("JobsQueued"), n("JobsSucceeded"), n("JobsFailed"));

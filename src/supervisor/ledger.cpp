@@ -42,25 +42,37 @@ CREATE TABLE IF NOT EXISTS jobs (
     unit TEXT NOT NULL,
     error TEXT NOT NULL,
     dedup_key TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS jobs_job_id ON jobs(job_id);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_usec);
 )";
 
-// De-duplication's lookup (issue 17); after the column is sure to exist.
-constexpr const char* kDedupIndex =
-    "CREATE INDEX IF NOT EXISTS jobs_dedup ON jobs(looper, dedup_key);";
+// The lookups by job id and de-duplication's (issue 17); after the column is sure to exist.
+// Both indexes are partial: rejected and unrouted events (job_id 0) and loopers that do not
+// de-duplicate (dedup_key '') are most records at a flood's rate, and an index entry costs
+// every insert and every pruned row a B-tree descent (about 0.7 µs per record and index here,
+// docs/PERFORMANCE.md). Queries that use them repeat `job_id > 0` / `dedup_key != ''` word for
+// word: the planner picks a partial index only for a WHERE that contains its condition
+// (sqlite.org/partialindex.html; `job_id > 0` does not make `job_id != 0` usable). The full
+// indexes of ledgers written before are replaced once.
+constexpr const char* kDedupIndex = R"(
+DROP INDEX IF EXISTS jobs_job_id;
+DROP INDEX IF EXISTS jobs_dedup;
+CREATE INDEX IF NOT EXISTS jobs_job ON jobs(job_id) WHERE job_id > 0;
+CREATE INDEX IF NOT EXISTS jobs_dedup_key ON jobs(looper, dedup_key) WHERE dedup_key != '';
+)";
+
+constexpr const char* kInsert =
+    "INSERT INTO jobs (job_id, event_id, looper, routing_key, route, playbook, playbook_sha256, "
+    "user, queued_usec, started_usec, finished_usec, result, exit_code, unit, error, dedup_key) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+
+// Both deletions use an index (finished_usec; seq is the row id). seq grows with every insert:
+// the newest max_jobs rows have the highest ones.
+constexpr const char* kPrune =
+    "DELETE FROM jobs WHERE finished_usec < ?1 OR seq <= (SELECT MAX(seq) FROM jobs) - ?2";
 
 constexpr const char* kColumns =
     "job_id, event_id, looper, routing_key, route, playbook, playbook_sha256, user, queued_usec, "
     "started_usec, finished_usec, result, exit_code, unit, error, dedup_key";
-
-struct Stmt {
-    sqlite3_stmt* s = nullptr;
-    Stmt() = default;
-    Stmt(const Stmt&) = delete;
-    Stmt& operator=(const Stmt&) = delete;
-    ~Stmt() { sqlite3_finalize(s); }
-};
 
 std::uint64_t now_usec() {
     timespec ts{};
@@ -76,6 +88,23 @@ std::string current_user() {
 
 void bind_text(sqlite3_stmt* s, int i, const std::string& v) {
     sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+}
+
+// Without a copy: for a string that outlives the statement's next step (the batch's records,
+// until sqlite3_clear_bindings after the batch).
+void bind_text_static(sqlite3_stmt* s, int i, const std::string& v) {
+    sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+}
+
+// SQLite counts every allocation in global statistics under a global mutex unless told not to
+// (SQLITE_CONFIG_MEMSTATUS, sqlite.org/c3ref/c_config_covering_index_scan.html): a lock and an
+// unlock per allocation, several per inserted row (measured with the copy-free binding below:
+// 2.7 to 2.0 µs of CPU per record, docs/PERFORMANCE.md).
+// Nothing here reads those statistics (no soft heap limit). It must be set before SQLite is
+// initialized; later it fails harmlessly (SQLITE_MISUSE) and the statistics stay on.
+void configure_sqlite_once() {
+    static const int rc = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    (void)rc;
 }
 
 std::string column_text(sqlite3_stmt* s, int i) {
@@ -156,6 +185,11 @@ void mark_clean_shutdown(sqlite3* db) {
 
 } // namespace
 
+void Stmt::reset() noexcept {
+    sqlite3_finalize(s);
+    s = nullptr;
+}
+
 std::optional<std::string> ledger_path(const HistoryConfig& config) {
     if (!config.enabled) return std::nullopt;
     if (config.path) return config.path;
@@ -198,6 +232,7 @@ Ledger::Ledger(sd_event* event, HistoryConfig config, std::string path)
     if (r < 0) throw std::runtime_error("ledger timer: " + std::string(std::strerror(-r)));
     sd_event_source_set_description(timer_, "ledger-flush");
     sd_event_source_set_enabled(timer_, SD_EVENT_OFF);
+    configure_sqlite_once();
     if (open()) {
         spdlog::info("history: ledger {}", path_);
         report_unclean_shutdown(db_, path_);
@@ -262,7 +297,14 @@ bool Ledger::open() {
     return true;
 }
 
+sqlite3_stmt* Ledger::prepared(Stmt& st, const char* sql, int* rc) {
+    if (!st.s) *rc = sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &st.s, nullptr);
+    return st.s;
+}
+
 void Ledger::close() noexcept {
+    insert_.reset();
+    prune_.reset();
     if (db_) sqlite3_close_v2(db_);
     db_ = nullptr;
 }
@@ -328,37 +370,36 @@ void Ledger::flush() {
         }
         return;
     }
-    std::string sql =
-        std::string("INSERT INTO jobs (") + kColumns + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-    Stmt st;
+    sqlite3_stmt* s = nullptr;
     int rc = sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
-    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, &st.s, nullptr);
+    if (rc == SQLITE_OK) s = prepared(insert_, kInsert, &rc);
     for (auto& r : pending_) {
         if (rc != SQLITE_OK) break;
-        auto* s = st.s;
         sqlite3_bind_int64(s, 1, static_cast<sqlite3_int64>(r.job_id));
-        bind_text(s, 2, r.event_id);
-        bind_text(s, 3, r.looper);
-        bind_text(s, 4, r.routing_key);
-        bind_text(s, 5, r.route);
-        bind_text(s, 6, r.playbook);
-        bind_text(s, 7, r.playbook_sha256);
-        bind_text(s, 8, r.user);
+        bind_text_static(s, 2, r.event_id);
+        bind_text_static(s, 3, r.looper);
+        bind_text_static(s, 4, r.routing_key);
+        bind_text_static(s, 5, r.route);
+        bind_text_static(s, 6, r.playbook);
+        bind_text_static(s, 7, r.playbook_sha256);
+        bind_text_static(s, 8, r.user);
         sqlite3_bind_int64(s, 9, static_cast<sqlite3_int64>(r.queued_usec));
         sqlite3_bind_int64(s, 10, static_cast<sqlite3_int64>(r.started_usec));
         sqlite3_bind_int64(s, 11, static_cast<sqlite3_int64>(r.finished_usec));
-        bind_text(s, 12, r.result);
+        bind_text_static(s, 12, r.result);
         if (r.exit_code)
             sqlite3_bind_int(s, 13, *r.exit_code);
         else
             sqlite3_bind_null(s, 13);
-        bind_text(s, 14, r.unit);
-        bind_text(s, 15, r.error);
-        bind_text(s, 16, r.dedup_key);
+        bind_text_static(s, 14, r.unit);
+        bind_text_static(s, 15, r.error);
+        bind_text_static(s, 16, r.dedup_key);
         rc = sqlite3_step(s);
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
         sqlite3_reset(s);
     }
+    // The records are about to go: no binding may point into them.
+    if (s) sqlite3_clear_bindings(s);
     rc = write_bodies(rc);
     if (rc == SQLITE_OK) rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
@@ -380,19 +421,18 @@ void Ledger::flush() {
 
 void Ledger::prune() {
     if (!db_) return;
-    // Both deletions use an index (finished_usec; seq is the row id), so pruning at every batch
-    // costs little. seq grows with every insert: the newest max_jobs rows have the highest ones.
+    // At every batch: what it costs is deleting the rows themselves (about 0.5 µs a row here),
+    // the same every batch or every tenth; the statement's own cost is a few µs a batch
+    // (docs/PERFORMANCE.md). Every batch keeps the table within max_jobs + one batch.
     auto max_age = static_cast<std::uint64_t>(config_.max_age.count());
     auto now = now_usec();
     auto cutoff = now > max_age ? now - max_age : 0;
-    Stmt st;
-    int rc = sqlite3_prepare_v2(
-        db_, "DELETE FROM jobs WHERE finished_usec < ?1 OR seq <= (SELECT MAX(seq) FROM jobs) - ?2",
-        -1, &st.s, nullptr);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_int64(st.s, 1, static_cast<sqlite3_int64>(cutoff));
-        sqlite3_bind_int64(st.s, 2, static_cast<sqlite3_int64>(config_.max_jobs));
-        rc = sqlite3_step(st.s);
+    int rc = SQLITE_OK;
+    if (auto* s = prepared(prune_, kPrune, &rc)) {
+        sqlite3_bind_int64(s, 1, static_cast<sqlite3_int64>(cutoff));
+        sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(config_.max_jobs));
+        rc = sqlite3_step(s);
+        sqlite3_reset(s);
     }
     if (rc != SQLITE_DONE && rc != SQLITE_OK) return handle_error(rc, "pruning");
     prune_bodies();
@@ -405,7 +445,7 @@ std::vector<LedgerRecord> Ledger::query(const LedgerQuery& q) {
     std::string sql = std::string("SELECT ") + kColumns +
                       ", bodies.replay_of, bodies.size, bodies.body IS NOT NULL FROM jobs "
                       "LEFT JOIN bodies USING (job_id) WHERE 1";
-    if (q.job_id) sql += " AND job_id = :job";
+    if (q.job_id) sql += " AND job_id = :job AND job_id > 0"; // > 0: the partial index
     if (!q.key_pattern.empty()) sql += " AND routing_key GLOB :key";
     if (!q.result.empty()) sql += " AND result = :result";
     if (q.since_usec) sql += " AND finished_usec >= :since";
@@ -470,7 +510,7 @@ DedupLookup Ledger::find_success(const std::string& looper, const std::string& d
     Stmt st;
     int rc = sqlite3_prepare_v2(db_,
                                 "SELECT job_id FROM jobs WHERE looper = ?1 AND dedup_key = ?2 AND "
-                                "result = 'succeeded' AND finished_usec >= ?3 "
+                                "dedup_key != '' AND result = 'succeeded' AND finished_usec >= ?3 "
                                 "ORDER BY seq DESC LIMIT 1",
                                 -1, &st.s, nullptr);
     if (rc == SQLITE_OK) {
@@ -554,7 +594,8 @@ int Ledger::write_bodies(int rc) {
 void Ledger::prune_bodies() {
     // Job ids grow: every body older than the oldest job still recorded has lost its job. (A
     // body whose job was pruned while an older one stays goes when that one goes.) Both lookups
-    // use an index (jobs_job_id; job_id is the bodies' row id).
+    // use an index (jobs_job, whose `job_id > 0` the subquery repeats; job_id is the bodies' row
+    // id).
     exec("DELETE FROM bodies WHERE job_id < COALESCE((SELECT MIN(job_id) FROM jobs WHERE "
          "job_id > 0), 9223372036854775807)");
 }
@@ -567,7 +608,7 @@ StoredBody Ledger::body(JobId job) {
     int rc = sqlite3_prepare_v2(db_,
                                 "SELECT routing_key, looper, event_id, result, bodies.size, "
                                 "bodies.body FROM jobs LEFT JOIN bodies USING (job_id) "
-                                "WHERE job_id = ?1 ORDER BY seq DESC LIMIT 1",
+                                "WHERE job_id = ?1 AND job_id > 0 ORDER BY seq DESC LIMIT 1",
                                 -1, &st.s, nullptr);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(st.s, 1, static_cast<sqlite3_int64>(job));
@@ -607,7 +648,8 @@ StoredBody Ledger::body(JobId job) {
 JobId Ledger::max_job_id() {
     if (!open()) return 0;
     Stmt st;
-    if (sqlite3_prepare_v2(db_, "SELECT MAX(job_id) FROM jobs", -1, &st.s, nullptr) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db_, "SELECT MAX(job_id) FROM jobs WHERE job_id > 0", -1, &st.s,
+                           nullptr) != SQLITE_OK)
         return 0;
     if (sqlite3_step(st.s) != SQLITE_ROW) return 0;
     return static_cast<JobId>(sqlite3_column_int64(st.s, 0));

@@ -33,6 +33,7 @@
 #include <vector>
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace loopabull {
 
@@ -98,6 +99,17 @@ struct LedgerStats {
     std::uint64_t bodies_dropped = 0; // bodies not kept: the database was unwritable too long
 };
 
+// The one owner of a prepared statement: finalized when its owner ends, or by reset() (before
+// the database it belongs to is closed).
+struct Stmt {
+    sqlite3_stmt* s = nullptr;
+    Stmt() = default;
+    Stmt(const Stmt&) = delete;
+    Stmt& operator=(const Stmt&) = delete;
+    ~Stmt() { reset(); }
+    void reset() noexcept;
+};
+
 class Ledger {
   public:
     static constexpr std::uint32_t kMaxQueryLimit = 10000;
@@ -161,12 +173,17 @@ class Ledger {
     bool open_bodies();
     int write_bodies(int rc); // inside flush()'s transaction; rc: the batch's so far
     void prune_bodies();
+    // The statement of `st`, prepared on first use and kept for the life of the connection:
+    // preparing the insert and the pruning at every batch cost a parse and a plan each time.
+    // nullptr (with the SQLite code in *rc) when it cannot be prepared.
+    sqlite3_stmt* prepared(Stmt& st, const char* sql, int* rc);
 
     sd_event* event_;
     HistoryConfig config_;
     std::string path_;
     std::string user_;
     sqlite3* db_ = nullptr;
+    Stmt insert_, prune_; // prepared once per connection; reset by close()
     sd_event_source* timer_ = nullptr;
     std::vector<LedgerRecord> pending_;
     struct PendingBody {

@@ -527,7 +527,7 @@ def test_loopabullctl_status_jobs_and_job(bus, instance):
     r = bus.ctl("--instance", "dbus-test", "status", check=True)
     assert r.stdout.startswith(f"loopabull instance dbus-test ({inst.name} on the user bus)\n")
     assert "    State: running\n" in r.stdout
-    assert "   Events: 2 received, 0 rejected\n" in r.stdout
+    assert "   Events: 2 received, 0 rejected, 0 superseded, 0 throttled, 0 duplicate\n" in r.stdout
     assert "     Jobs: 1 running, 0 queued, 1 succeeded, 0 failed\n" in r.stdout
     assert re.search(r"  Loopers: test: running \(pid \d+, 2 events, 0 restarts\)\n", r.stdout)
     assert re.search(r"^     Warm: (off: .+|starting|ready.*)\n", r.stdout, re.M)  # the warm runner
@@ -549,10 +549,12 @@ def test_loopabullctl_status_jobs_and_job(bus, instance):
     status = json.loads(bus.ctl("-i", "dbus-test", "--json", "status", check=True).stdout)
     assert {k: status[k] for k in ("instance", "bus_name", "version", "state", "events_received",
                                    "events_rejected", "jobs_queued", "jobs_running", "jobs_succeeded",
-                                   "jobs_failed")} == {
+                                   "jobs_failed", "events_superseded", "events_throttled",
+                                   "events_duplicate")} == {
         "instance": "dbus-test", "bus_name": inst.name, "version": version(), "state": "running",
         "events_received": 2, "events_rejected": 0, "jobs_queued": 0, "jobs_running": 1,
-        "jobs_succeeded": 1, "jobs_failed": 0}
+        "jobs_succeeded": 1, "jobs_failed": 0, "events_superseded": 0, "events_throttled": 0,
+        "events_duplicate": 0}
     assert re.match(r"off: |starting|ready", status["warm_runner"])
     assert isinstance(status["warm_runner_memory"], int)
     [looper] = status["loopers"]

@@ -3,10 +3,13 @@
 start opens the same database (no corruption, nothing moved aside), every record committed before
 the kill is still there, what is missing is at most the one batch that was in memory, and the log
 says that the last run did not shut down cleanly and which record was the last."""
+import contextlib
 import json
 import os
+import resource
 import signal
 import sqlite3
+import time
 
 from conftest import Supervisor, base_config, read_answers, scripted, wait_until
 
@@ -14,12 +17,19 @@ BATCH = 50
 EVENTS = 3000
 
 
-def recorded_ids(path):
+@contextlib.contextmanager
+def read_only(path):
+    """The ledger opened read-only, as an operator's sqlite3 would, closed on the way out."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {json.loads(r[0]) for r in db.execute("SELECT event_id FROM jobs WHERE job_id > 0")}
+        yield db
     finally:
         db.close()
+
+
+def recorded_ids(path):
+    with read_only(path) as db:
+        return {json.loads(r[0]) for r in db.execute("SELECT event_id FROM jobs WHERE job_id > 0")}
 
 
 def test_sigkill_while_the_ledger_writes_batches_loses_at_most_the_last(workdir):
@@ -107,3 +117,84 @@ def test_a_ledger_readable_by_others_is_set_to_0600(workdir):
         if sup.proc.poll() is None:
             sup.kill()
     assert os.stat(ledger).st_mode & 0o777 == 0o600
+
+
+def test_a_ledger_from_before_gets_partial_indexes_and_keeps_its_records(workdir):
+    """Ledgers written before the insert path was made cheaper have full indexes on job_id and
+    (looper, dedup_key); the next start replaces them with partial ones (rejected and unrouted
+    events, job_id 0, and records without a dedup key are not indexed) and keeps every record:
+    job ids go on from the last recorded one, and a job is found by its id."""
+    ledger = workdir / "history.sqlite"
+    db = sqlite3.connect(ledger)
+    now = int(time.time() * 1e6)  # within retention (max_age)
+    db.executescript(f"""
+        CREATE TABLE jobs (seq INTEGER PRIMARY KEY, job_id INTEGER NOT NULL,
+            event_id TEXT NOT NULL, looper TEXT NOT NULL, routing_key TEXT NOT NULL,
+            route TEXT NOT NULL, playbook TEXT NOT NULL, playbook_sha256 TEXT NOT NULL,
+            user TEXT NOT NULL, queued_usec INTEGER NOT NULL, started_usec INTEGER NOT NULL,
+            finished_usec INTEGER NOT NULL, result TEXT NOT NULL, exit_code INTEGER,
+            unit TEXT NOT NULL, error TEXT NOT NULL, dedup_key TEXT NOT NULL DEFAULT '');
+        CREATE INDEX jobs_job_id ON jobs(job_id);
+        CREATE INDEX jobs_finished ON jobs(finished_usec);
+        CREATE INDEX jobs_dedup ON jobs(looper, dedup_key);
+        INSERT INTO jobs VALUES (1, 41, '"old"', 'test', 'old.key', '', '/p.yml', '', 'root',
+            {now - 3}, {now - 2}, {now - 1}, 'succeeded', 0, '', '', '"old"');
+        INSERT INTO jobs VALUES (2, 0, '"junk"', 'test', 'x', '', '', '', 'root',
+            {now}, 0, {now}, 'unrouted', NULL, '', 'no playbook', '');
+    """)
+    db.close()
+    (workdir / "playbooks" / "new.key.yml").write_text("- hosts: localhost\n")
+    answers = workdir / "answers"
+    cfg = base_config(workdir, [scripted(lines=[json.dumps({"routing_key": "new.key", "id": "n"})],
+                                         answers=str(answers))],
+                      history={"path": str(ledger), "flush_interval": "50ms"})
+    cfg["ansible"]["playbook_cmd"] = "/bin/true"
+    sup = Supervisor(workdir, cfg)
+    try:
+        sup.wait_log(r"job 42 queued: new\.key")  # after the ledger's last job, 41
+        wait_until(lambda: [a["result"] for a in read_answers(answers)] == ["succeeded"], 30,
+                   what="the answer")
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
+    with read_only(ledger) as db:
+        indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                  "AND tbl_name = 'jobs'"))
+        assert set(indexes) == {"jobs_finished", "jobs_job", "jobs_dedup_key"}, indexes
+        assert "WHERE job_id > 0" in indexes["jobs_job"]
+        assert "WHERE dedup_key != ''" in indexes["jobs_dedup_key"]
+        rows = db.execute("SELECT job_id, result FROM jobs ORDER BY seq").fetchall()
+        assert rows == [(41, "succeeded"), (0, "unrouted"), (42, "succeeded")]
+        # The lookups the supervisor makes use the partial indexes.
+        plan = " ".join(r[3] for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT job_id FROM jobs WHERE job_id = 41 AND job_id > 0"))
+        assert "jobs_job" in plan, plan
+
+
+def test_a_ledger_that_cannot_grow_never_stops_events(workdir):
+    """A full disk, as the supervisor sees it: once it runs, its files may not grow past 256 KiB
+    (RLIMIT_FSIZE on its process only, SIGXFSZ ignored: writes fail as on a full file system).
+    Every event is a record (record_unrouted); the batches that cannot be written are dropped,
+    logged and counted, every event is still answered, and the supervisor stops cleanly."""
+    ledger = workdir / "history.sqlite"
+    answers = workdir / "answers"
+    events = 6000  # about 800 KB of records
+    lines = [json.dumps({"routing_key": "full.none", "id": f"f-{i}"}) for i in range(events)]
+    cfg = base_config(workdir, [scripted(lines=lines, answers=str(answers))],
+                      history={"path": str(ledger), "batch_size": 200, "record_unrouted": True},
+                      loglevel="info")
+    sup = Supervisor(workdir, cfg, preexec=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+    try:
+        # The looper has started (its answers file is not limited); the supervisor's files are.
+        resource.prlimit(sup.proc.pid, resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+        wait_until(lambda: len(read_answers(answers)) == events, 60, what="every answer")
+        assert {a["result"] for a in read_answers(answers)} == {"unrouted"}
+        sup.wait_log(r"history: \d+ record\(s\) lost")
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
+    with read_only(ledger) as db:
+        kept = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    assert kept < events

@@ -6,6 +6,7 @@ package serialized and coalesced, a throttled chatty key, a looper's allowlist),
 positions for a bad JSON Pointer and a bad regular expression."""
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -179,6 +180,11 @@ def test_routes_example_through_ansible_and_explain_live(tmp_path, bus):
         assert sup.log.count("mirror rpms/bash (route pushes)") == 1
         assert bus.get(name, "EventsThrottled") == 1
         assert bus.get(name, "EventsSuperseded") == 1
+        # loopabullctl status shows them (text and JSON).
+        assert re.search(r"^   Events: \d+ received, 1 rejected, 1 superseded, 1 throttled, 0 duplicate$",
+                         bus.ctl("-i", "routes", "status", check=True).stdout, re.M)
+        status = json.loads(bus.ctl("-i", "routes", "--json", "status", check=True).stdout)
+        assert (status["events_superseded"], status["events_throttled"]) == (1, 1)
 
         # Explain, live: throttled, a condition stops it, no route takes it; queues nothing.
         received = bus.get(name, "EventsReceived")

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // The configuration file: the current dialect, both legacy dialects, and every error message.
 #include "core/config.hpp"
+#include "core/config-describe.hpp"
 
 #include "tempdir.hpp"
 
@@ -1104,6 +1105,34 @@ TEST(Config, HistoryBodies) {
     auto e = errors_of(with_top("history:\n  store_bodies: maybe\n"));
     ASSERT_EQ(e.size(), 1u);
     EXPECT_NE(describe(e).find("store_bodies"), std::string::npos) << describe(e);
+}
+
+// --check-config -v says what the history and metrics sections mean, defaults included.
+TEST(Config, DescribeSaysHistoryAndMetrics) {
+    auto d = describe_config(parsed(with_top("")));
+    EXPECT_NE(d.find("history: $STATE_DIRECTORY/history.sqlite (off where"), std::string::npos) << d;
+    EXPECT_NE(d.find("history flush: every 1s or 1000 records\n"), std::string::npos) << d;
+    EXPECT_NE(d.find("history retention: 90d, at most 1000000 records\n"), std::string::npos) << d;
+    EXPECT_NE(d.find("history record_unrouted: false\n"), std::string::npos) << d;
+    EXPECT_NE(d.find("history store_bodies: false\n"), std::string::npos) << d;
+    EXPECT_NE(d.find("metrics textfile: (none)\n"), std::string::npos) << d;
+    EXPECT_EQ(d.find("metrics interval"), std::string::npos) << d; // no file, no interval
+    EXPECT_NE(d.find("metrics max_keys: 100\n"), std::string::npos) << d;
+    auto c = describe_config(parsed(
+        with_top("history:\n  path: /var/lib/l/h.sqlite\n  flush_interval: 200ms\n"
+                 "  batch_size: 50\n  max_age: 36h\n  max_jobs: 5000\n"
+                 "  store_bodies: true\n  max_body_size: 1KiB\n"
+                 "metrics:\n  textfile: /var/lib/node/l.prom\n  interval: 30s\n")));
+    EXPECT_NE(c.find("history: /var/lib/l/h.sqlite\n"), std::string::npos) << c;
+    EXPECT_NE(c.find("history flush: every 200ms or 50 records\n"), std::string::npos) << c;
+    EXPECT_NE(c.find("history retention: 36h, at most 5000 records\n"), std::string::npos) << c;
+    EXPECT_NE(c.find("history store_bodies: true, at most 1024 bytes each\n"), std::string::npos)
+        << c;
+    EXPECT_NE(c.find("metrics textfile: /var/lib/node/l.prom\nmetrics interval: 30s\n"),
+              std::string::npos)
+        << c;
+    EXPECT_NE(describe_config(parsed(with_top("history:\n  enabled: false\n"))).find("history: off\n"),
+              std::string::npos);
 }
 
 // --- dedup (issue 17) ---
