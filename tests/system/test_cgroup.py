@@ -234,9 +234,11 @@ def test_without_delegation(service):
                           r"delegated to us", out)) == 1, out
 
 
-# What RestrictNamespaces=yes refused to the whole service before the unit gave it up for clone3
-# (CLONE_INTO_CGROUP): loopabull refuses it to every process it starts, itself excepted for
-# clone3. The job runs with seccomp: off, so that only this restriction is in the way.
+# No process loopabull starts may create a namespace: under the shipped unit
+# (RestrictNamespaces=yes, whose filter refuses clone3, so the job moves itself into its cgroup)
+# and with RestrictNamespaces=no in a drop-in, where loopabull's own filter is what refuses it
+# and the job is created in its cgroup by clone3(CLONE_INTO_CGROUP). The job runs with
+# seccomp: off, so that only these restrictions are in the way.
 ATTACKER = r"""#!/bin/sh
 out=/var/lib/loopabull/$INSTANCE/ns.txt
 unshare -U true 2>/dev/null; echo "unshare-user=$?" >> "$out"
@@ -246,23 +248,30 @@ cat /proc/self/cgroup >> "$out"
 """
 
 
-def test_the_service_refuses_namespaces_to_its_jobs(service):
+@pytest.mark.parametrize("restrict", ["yes", "no"], ids=["unit-as-shipped", "drop-in-no"])
+def test_the_service_refuses_namespaces_to_its_jobs(service, restrict):
     m = service.m
+    name = f"ns{restrict}"
     m.write_file("/usr/local/bin/ns-attacker", ATTACKER, mode=0o755)
-    cfg = service.configure("ns", type="cgroup", seccomp="off")
+    if restrict == "no":
+        m.write_file(f"/etc/systemd/system/loopabull@{name}.service.d/ns.conf",
+                     "[Service]\nRestrictNamespaces=no\n")
+        m.systemctl("daemon-reload")
+    cfg = service.configure(name, type="cgroup", seccomp="off")
     cfg["ansible"]["playbook_cmd"] = "/usr/local/bin/ns-attacker"
-    cfg["ansible"]["environment"] = {"INSTANCE": "ns"}
-    m.write_file(f"{service.confdir}/ns.yml", json.dumps(cfg), mode=0o640, owner="root:loopabull")
-    m.systemctl("start", "loopabull@ns.service")
-    unit = m.run(["systemctl", "show", "-p", "RestrictNamespaces", "loopabull@ns.service"]).stdout
-    assert unit.strip() in ("RestrictNamespaces=no", "RestrictNamespaces="), unit
-    wait_until(lambda: m.run(["test", "-d", "/var/spool/loopabull/ns"], check=False).returncode == 0,
+    cfg["ansible"]["environment"] = {"INSTANCE": name}
+    m.write_file(f"{service.confdir}/{name}.yml", json.dumps(cfg), mode=0o640, owner="root:loopabull")
+    m.systemctl("start", f"loopabull@{name}.service")
+    unit = m.show(f"loopabull@{name}.service", "RestrictNamespaces")["RestrictNamespaces"]
+    assert unit == restrict, unit
+    wait_until(lambda: m.run(["test", "-d", f"/var/spool/loopabull/{name}"], check=False).returncode == 0,
                30, what="the spool")
-    service.drop("ns", "test.end")
-    assert service.wait_job("ns", 1)["result"] == "succeeded"
-    report = m.run("cat /var/lib/loopabull/ns/ns.txt").stdout
+    service.drop(name, "test.end")
+    assert service.wait_job(name, 1)["result"] == "succeeded"
+    report = m.run(f"cat /var/lib/loopabull/{name}/ns.txt").stdout
     assert "unshare-user=0" not in report and "unshare-net=0" not in report, report
     assert re.search(r"^Seccomp:\s+2$", report, re.M), report
-    assert "/loopabull@ns.service/job-1" in report, report  # created in its cgroup (clone3)
-    main = m.show("loopabull@ns.service", "MainPID")["MainPID"]
+    assert f"/loopabull@{name}.service/job-1" in report, report
+    main = m.show(f"loopabull@{name}.service", "MainPID")["MainPID"]
     assert re.search(r"^Seccomp:\s+2$", m.run(f"cat /proc/{main}/status").stdout, re.M)
+    assert "namespaces: not restricted" not in service.journal(name)
