@@ -245,6 +245,8 @@ Ledger::~Ledger() {
     } catch (...) {
         // flush() logs its own faults; nothing else can be done on the way out.
     }
+    if (auto n = lost_log_.flush())
+        spdlog::error("history: suppressed {} similar messages (lost batches) before the stop", n);
     if (db_ && pending_.empty()) mark_clean_shutdown(db_);
     close();
     sd_event_source_disable_unref(timer_);
@@ -329,6 +331,18 @@ void Ledger::handle_error(int rc, const char* what) {
     if (is_corruption(rc)) rotate();
 }
 
+// One line per lost batch, at most five a minute; the counters (GetMetrics, the ledger's error
+// and drop counts) keep the full tally.
+void Ledger::log_lost_batch(int rc, std::size_t lost) {
+    auto verdict = lost_log_.check(std::chrono::steady_clock::now());
+    if (verdict.suppressed)
+        spdlog::error("history: suppressed {} similar messages (lost batches) in the last minute",
+                      verdict.suppressed);
+    if (verdict.log)
+        spdlog::error("history: writing a batch failed on {}: {}; {} record(s) lost", path_,
+                      sqlite3_errstr(rc), lost);
+}
+
 void Ledger::record(LedgerRecord r) {
     if (pending_.size() >= kMaxPending) {
         ++stats_.dropped;
@@ -407,11 +421,11 @@ void Ledger::flush() {
         // The batch is lost rather than retried: a fault that repeats would otherwise hold
         // every later record back too. It is counted and logged.
         stats_.dropped += pending_.size();
-        spdlog::error("history: {} record(s) lost", pending_.size());
+        ++stats_.errors;
+        log_lost_batch(rc, pending_.size());
         pending_.clear();
-        bool full = (rc & 0xff) == SQLITE_FULL;
-        handle_error(rc, "writing a batch");
-        if (full) prune();
+        if (is_corruption(rc)) rotate();
+        if ((rc & 0xff) == SQLITE_FULL) prune();
         return;
     }
     stats_.written += pending_.size();

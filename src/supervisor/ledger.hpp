@@ -22,6 +22,7 @@
 #pragma once
 
 #include "core/config.hpp"
+#include "core/log-safe.hpp"
 #include "core/scheduler.hpp"
 
 #include <systemd/sd-event.h>
@@ -195,6 +196,9 @@ class Ledger {
     std::vector<PendingBody> pending_bodies_;
     std::size_t pending_body_bytes_ = 0;
     LedgerStats stats_;
+    // A fault that repeats (a full disk) fails every batch, at the event rate.
+    LogRateLimit lost_log_{5, std::chrono::minutes(1)};
+    void log_lost_batch(int rc, std::size_t lost);
 };
 
 // The default database path: history.path, else $STATE_DIRECTORY/history.sqlite (systemd sets

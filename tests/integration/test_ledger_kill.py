@@ -6,6 +6,7 @@ says that the last run did not shut down cleanly and which record was the last."
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import sqlite3
@@ -190,8 +191,11 @@ def test_a_ledger_that_cannot_grow_never_stops_events(workdir):
         resource.prlimit(sup.proc.pid, resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
         wait_until(lambda: len(read_answers(answers)) == events, 60, what="every answer")
         assert {a["result"] for a in read_answers(answers)} == {"unrouted"}
-        sup.wait_log(r"history: \d+ record\(s\) lost")
+        sup.wait_log(r"history: writing a batch failed on .*: .*; \d+ record\(s\) lost")
         assert sup.stop() == 0
+        # A fault that repeats is logged at most five times a minute, then counted.
+        assert len(re.findall(r"record\(s\) lost", sup.log)) <= 5, sup.log[-3000:]
+        assert re.search(r"suppressed \d+ similar messages \(lost batches\)", sup.log), sup.log[-3000:]
     finally:
         if sup.proc.poll() is None:
             sup.kill()
