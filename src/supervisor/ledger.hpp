@@ -92,11 +92,11 @@ struct LedgerQuery {
 };
 
 struct LedgerStats {
-    std::uint64_t written = 0;   // records committed
-    std::uint64_t dropped = 0;   // records lost to a database fault or a full backlog
-    std::uint64_t errors = 0;    // failed writes, opens or queries
-    std::uint64_t rotations = 0; // corrupt databases renamed aside
-    std::uint64_t unrouted = 0;  // unrouted events seen (recorded or not)
+    std::uint64_t written = 0;        // records committed
+    std::uint64_t dropped = 0;        // records lost to a database fault or a full backlog
+    std::uint64_t errors = 0;         // failed writes, opens or queries
+    std::uint64_t rotations = 0;      // corrupt databases renamed aside
+    std::uint64_t unrouted = 0;       // unrouted events seen (recorded or not)
     std::uint64_t bodies_dropped = 0; // bodies not kept: the database was unwritable too long
 };
 
