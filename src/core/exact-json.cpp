@@ -102,4 +102,65 @@ std::string big_integer_text(const json& v) {
     return std::string(bytes.begin(), bytes.end());
 }
 
+namespace {
+
+// A line break and the indentation of depth, when pretty-printing (indent > 0).
+void newline(std::string& out, int indent, int depth) {
+    if (indent <= 0) return;
+    out += '\n';
+    out.append(static_cast<std::size_t>(indent * depth), ' ');
+}
+
+void dump_at(std::string& out, const json& v, int indent, int depth) {
+    bool container = v.is_object() || v.is_array();
+    if (container && v.empty()) {
+        out += v.is_object() ? "{}" : "[]";
+        return;
+    }
+    switch (v.type()) {
+    case json::value_t::object: {
+        out += '{';
+        bool first = true;
+        for (auto& [k, item] : v.items()) {
+            if (!first) out += ',';
+            first = false;
+            newline(out, indent, depth + 1);
+            out += json(k).dump(-1, ' ', false, json::error_handler_t::replace);
+            out += indent > 0 ? ": " : ":";
+            dump_at(out, item, indent, depth + 1);
+        }
+        newline(out, indent, depth);
+        out += '}';
+        break;
+    }
+    case json::value_t::array:
+        out += '[';
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            if (i) out += ',';
+            newline(out, indent, depth + 1);
+            dump_at(out, v[i], indent, depth + 1);
+        }
+        newline(out, indent, depth);
+        out += ']';
+        break;
+    case json::value_t::binary: // only big integers: JSON text has no binary values
+        out += is_big_integer(v) ? big_integer_text(v) : "null";
+        break;
+    default:
+        out += v.dump(-1, ' ', false, json::error_handler_t::replace);
+    }
+}
+
+} // namespace
+
+void dump_exact_json(std::string& out, const json& v, int indent) {
+    dump_at(out, v, indent, 0);
+}
+
+std::string dump_exact_json(const json& v, int indent) {
+    std::string out;
+    dump_exact_json(out, v, indent);
+    return out;
+}
+
 } // namespace loopabull

@@ -28,4 +28,11 @@ bool is_big_integer(const nlohmann::json& v) noexcept;
 // The literal of a big integer (is_big_integer(v) must hold).
 std::string big_integer_text(const nlohmann::json& v);
 
+// JSON text of v with big integers written as their literals, so that
+// parse_exact_json(dump_exact_json(v)) == v (nlohmann's dump() writes a binary value as an
+// object of bytes). Compact by default; indent > 0 pretty-prints as dump(indent) does. Invalid
+// UTF-8 in strings is replaced by U+FFFD, as dump() with error_handler_t::replace does.
+std::string dump_exact_json(const nlohmann::json& v, int indent = -1);
+void dump_exact_json(std::string& out, const nlohmann::json& v, int indent = -1);
+
 } // namespace loopabull

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "ctl/ctl-replay.hpp"
 
+#include "core/exact-json.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <cinttypes>
@@ -18,11 +20,11 @@ void print_replay(std::uint64_t new_id, std::uint64_t of, bool as_json) {
     std::printf("Job %" PRIu64 " queued: a replay of job %" PRIu64 ".\n", new_id, of);
 }
 
+// Exact: an integer beyond 64 bits is printed as it was sent, not as a float.
 void print_body(const std::string& text) {
-    // ordered: the keys as the event had them.
-    auto body = nlohmann::ordered_json::parse(text, nullptr, false);
-    if (body.is_discarded()) throw std::runtime_error("unexpected reply from loopabull: not JSON");
-    std::printf("%s\n", body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    auto body = parse_exact_json(text, nullptr);
+    if (!body) throw std::runtime_error("unexpected reply from loopabull: not JSON");
+    std::printf("%s\n", dump_exact_json(*body, 2).c_str());
 }
 
 std::string job_record_lines(const nlohmann::ordered_json& record) {

@@ -3,6 +3,7 @@
 
 #include "core/config-describe.hpp"
 #include "core/event-names.hpp"
+#include "core/exact-json.hpp"
 #include "core/job-vars.hpp"
 #include "core/varsfile.hpp"
 #include "supervisor/bus-api.hpp"
@@ -250,8 +251,7 @@ void Manager::setup_containment() {
         spdlog::info("executor.restrict_namespaces is false: loopabull's jobs and loopers may "
                      "create namespaces");
     else if (auto why = restrict_namespaces())
-        spdlog::info("namespaces: not restricted ({}): loopabull runs without no_new_privs",
-                     *why);
+        spdlog::info("namespaces: not restricted ({}): loopabull runs without no_new_privs", *why);
     else
         spdlog::debug("namespaces: their creation is refused to loopabull (clone3 excepted) "
                       "and to every process it starts");
@@ -410,9 +410,13 @@ void Manager::configure_warm(const Config& config) {
     warm_->configure(std::move(settings), {});
 }
 
-std::string Manager::warm_state() const { return warm_ ? warm_->state() : "off"; }
+std::string Manager::warm_state() const {
+    return warm_ ? warm_->state() : "off";
+}
 
-std::uint64_t Manager::warm_rss_bytes() const { return warm_ ? warm_->rss_bytes() : 0; }
+std::uint64_t Manager::warm_rss_bytes() const {
+    return warm_ ? warm_->rss_bytes() : 0;
+}
 
 // The scope executor's connection is made once, to one manager: at start, the scopes a killed
 // predecessor left are stopped before any job can take their names.
@@ -772,11 +776,10 @@ void Manager::route(Looper& looper, Event ev) {
     metrics_.key_seen(ev.routing_key, static_cast<double>(now_realtime_usec() / 1000000));
     std::string dedup_key;
     if (deduplicate(looper, ev, dedup_key)) return status_changed();
-    auto d = dispatch(config_, ev.routing_key, looper.name(), ev.body,
-                      [this](const std::string& rel) {
-                          return find_playbook_at(playbooks_dirfd_.get(),
-                                                  config_.ansible.playbooks_dir, rel);
-                      });
+    auto d =
+        dispatch(config_, ev.routing_key, looper.name(), ev.body, [this](const std::string& rel) {
+            return find_playbook_at(playbooks_dirfd_.get(), config_.ansible.playbooks_dir, rel);
+        });
     using V = Dispatch::Verdict;
     switch (d.verdict) {
     case V::run:
@@ -998,8 +1001,8 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
     else
         ++counters_.jobs_failed;
     if (superseded_by)
-        spdlog::info("job {} ({}) superseded by job {} (route '{}', value {})", id,
-                     job.routing_key, *superseded_by, job.route, job.serial_value);
+        spdlog::info("job {} ({}) superseded by job {} (route '{}', value {})", id, job.routing_key,
+                     *superseded_by, job.route, job.serial_value);
     else if (outcome.result == Result::succeeded || outcome.result == Result::cancelled ||
              outcome.result == Result::aborted)
         spdlog::info("job {} ({}) {}", id, job.routing_key, result_message(outcome));
@@ -1016,12 +1019,12 @@ void Manager::complete(JobId id, const Outcome& given, std::optional<JobId> supe
     done.error = error_text(outcome);
     done.superseded_by = superseded_by;
     metrics_.job_done(job.routing_key, job.route, outcome.result,
-                      job.started_usec ? static_cast<double>(done.finished_usec - job.started_usec) / 1e6
-                                       : -1.0); // never started: no duration
+                      job.started_usec
+                          ? static_cast<double>(done.finished_usec - job.started_usec) / 1e6
+                          : -1.0); // never started: no duration
     remember(done);
     if (ledger_ && ledger_->stores_bodies())
-        ledger_->record_body(id, job.replay_of,
-                             job.body.dump(-1, ' ', false, json::error_handler_t::replace));
+        ledger_->record_body(id, job.replay_of, dump_exact_json(job.body));
     if (ledger_)
         ledger_->record({.job_id = id,
                          .event_id = job.event_id ? job.event_id->dump() : std::string(),
@@ -1203,8 +1206,9 @@ std::variant<JobId, ReplayRefusal> Manager::replay_job(JobId of, std::string_vie
     auto found = stored_body(of);
     if (auto* refused = std::get_if<ReplayRefusal>(&found)) return std::move(*refused);
     auto& record = std::get<StoredBody>(found);
-    auto body = json::parse(record.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object())
+    auto parsed = parse_exact_json(record.body, nullptr);
+    json body = parsed ? std::move(*parsed) : json();
+    if (!body.is_object())
         return ReplayRefusal{W::no_body, "the stored body of job " + std::to_string(of) +
                                              " is not a JSON object"};
     auto of_text = std::to_string(of);

@@ -92,7 +92,8 @@ def test_a_restart_keeps_the_body_and_replay_runs_the_playbook_again(instance, w
     and the body under `event`, is recorded as a replay, answers no looper, and dedup (on for
     this looper) neither swallows it nor forgets the original."""
     ledger, out = workdir / "history.sqlite", workdir / "out"
-    body = {"out_dir": str(out), "n": 1, "text": "héllo"}
+    # An integer beyond 64 bits stays exact in the stored body and in the replay's variables.
+    body = {"out_dir": str(out), "n": 1, "text": "héllo", "big": 123456789012345678901234567890123}
     hist = {"path": str(ledger), "store_bodies": True}
     first = instance("replay-a", hist, looper={"dedup": {"window": "1h"}})
     first.send("replay.record", body, "a")

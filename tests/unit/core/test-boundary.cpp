@@ -33,6 +33,24 @@ TEST(ExactJson, FloatsAndTheRestAsNlohmannParsesThem) {
     EXPECT_EQ(*v, json::parse(text));
 }
 
+TEST(ExactJson, DumpWritesBigIntegersAsTheirLiteralsAndRoundTrips) {
+    std::string text =
+        R"({"a":[1,-2,1.5,"\u00e9\n",null,true,{}],"b":{"big":-123456789012345678901234567890},"e":[]})";
+    auto v = parse_exact_json(text, nullptr);
+    ASSERT_TRUE(v);
+    EXPECT_EQ(
+        dump_exact_json(*v),
+        R"({"a":[1,-2,1.5,"é\n",null,true,{}],"b":{"big":-123456789012345678901234567890},"e":[]})");
+    for (int indent : {-1, 2}) {
+        auto again = parse_exact_json(dump_exact_json(*v, indent), nullptr);
+        ASSERT_TRUE(again) << indent;
+        EXPECT_EQ(*again, *v) << indent;
+    }
+    // Pretty output has the shape of nlohmann's dump(2) where there is no big integer.
+    auto plain = json::parse(R"({"a":[1,{"x":null}],"b":{}})");
+    EXPECT_EQ(dump_exact_json(plain, 2), plain.dump(2));
+}
+
 TEST(ExactJson, ErrorsAreReported) {
     for (auto text : {"1e400", "{\"a\":", "{} x", "[1,]", ""}) {
         std::string err;
