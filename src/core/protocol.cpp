@@ -80,6 +80,59 @@ ParsedEvent from_object(json& obj) {
                       std::move(dedup_id));
 }
 
+// The top-level "id" of an event too deep to parse into a tree, so that its rejection can still be
+// answered: a looper that never hears of an event keeps it in flight, and enough of them stall
+// it. nlohmann's SAX parser keeps no recursion of its own; this handler keeps only a depth.
+class TopLevelId : public nlohmann::json_sax<json> {
+  public:
+    std::optional<json> id;
+
+    bool null() override { return scalar(json()); }
+    bool boolean(bool v) override { return scalar(v); }
+    bool number_integer(number_integer_t v) override { return scalar(v); }
+    bool number_unsigned(number_unsigned_t v) override { return scalar(v); }
+    bool number_float(number_float_t v, const string_t&) override { return scalar(v); }
+    bool string(string_t& v) override { return scalar(v); }
+    bool binary(binary_t&) override { return scalar(json()); }
+    bool start_object(std::size_t) override { return open(); }
+    bool end_object() override { return close(); }
+    bool start_array(std::size_t) override { return open(); }
+    bool end_array() override { return close(); }
+    bool key(string_t& k) override {
+        id_next_ = depth_ == 1 && k == "id";
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+        return false;
+    }
+
+  private:
+    int depth_ = 0;
+    bool id_next_ = false;
+    bool scalar(json v) {
+        if (id_next_ && depth_ == 1) id = std::move(v);
+        id_next_ = false;
+        return true;
+    }
+    bool open() {
+        id_next_ = false;
+        ++depth_;
+        return true;
+    }
+    bool close() {
+        --depth_;
+        return true;
+    }
+};
+
+// The id of a line refused before parsing, when it has a usable one at the top level.
+std::optional<json> id_of_unparsed(std::string_view line) {
+    TopLevelId sax;
+    json::sax_parse(line.begin(), line.end(), &sax);
+    if (!sax.id || id_error(*sax.id)) return std::nullopt;
+    return sax.id;
+}
+
 ParsedEvent from_array(json& arr) {
     if (arr.size() != 2 || !arr[0].is_string())
         return Rejection{"an array event must be [\"routing.key\", {body}]", std::nullopt};
@@ -123,7 +176,7 @@ ParsedEvent parse_event(std::string_view line) {
     if (line.find('\0') != std::string_view::npos)
         return Rejection{"line contains a NUL byte", std::nullopt};
     if (!valid_utf8(line)) return Rejection{"line is not valid UTF-8", std::nullopt};
-    if (too_deep(line)) return Rejection{"nested deeper than 64 levels", std::nullopt};
+    if (too_deep(line)) return Rejection{"nested deeper than 64 levels", id_of_unparsed(line)};
     // Integers beyond 64 bits stay exact (exact-json.hpp), as Python's json module keeps them.
     std::string error;
     auto doc = parse_exact_json(line, &error);

@@ -82,3 +82,24 @@ def test_event_survives_a_supervisor_crash(workdir, supervisor):
     assert started.read_text().count("run") == 2
     assert os.listdir(workdir / "run" / "vars") == []
     assert sup2.stop() == 0
+
+
+def test_events_too_deep_for_the_supervisor_do_not_stall_the_spool(workdir, supervisor):
+    """The spool accepts bodies nested up to 128 levels, the supervisor lines up to 64. Such a
+    file is rejected, and the rejection must be answered (its id is read without building the
+    tree): unanswered, max_parallel * 2 of them filled every slot the looper keeps for events in
+    flight, and no later file ran, across restarts too (found by a fresh user's test)."""
+    spool = workdir / "spool"
+    spool.mkdir()
+    out = str(workdir / "out")
+    for depth in (64, 65, 100, 127, 128):
+        drop(spool, f"test.nothing@d{depth}.json", '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1))
+    drop(spool, "test.record@after.json", {"out_dir": out, "payload": "after"})
+    sup = supervisor(spool_config(workdir, spool))
+    wait_until(lambda: events_left(spool) == [], 120, what="every file to be handled")
+    # With the event's own level, a body of 64 levels is 65 in the line.
+    failed = {f for f in os.listdir(spool / "failed") if not f.endswith(".reason")}
+    assert failed == {f"test.nothing@d{d}.json" for d in (64, 65, 100, 127, 128)}, failed
+    assert "nested deeper than 64" in (spool / "failed" / "test.nothing@d100.json.reason").read_text()
+    assert [json.loads((workdir / "out" / f).read_text())["payload"] for f in os.listdir(out)] == ["after"]
+    assert sup.stop() == 0

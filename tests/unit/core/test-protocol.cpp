@@ -197,6 +197,19 @@ INSTANTIATE_TEST_SUITE_P(
         RejectCase{"DeepArrays",
                    R"({"routing_key": "a", "body": {"x": )" + std::string(100, '[') +
                        std::string(100, ']') + "}}",
+                   "nested deeper than 64"},
+        // Too deep to parse, yet answered: its top-level id is read without building a tree.
+        RejectCase{"DeepWithId",
+                   R"({"routing_key": "a", "body": {"id": "inner", "x": )" +
+                       std::string(100000, '[') + std::string(100000, ']') + R"(}, "id": "deep"})",
+                   "nested deeper than 64", json("deep")},
+        RejectCase{"DeepWithIntegerIdFirst",
+                   R"({"id": 7, "routing_key": "a", "body": )" + std::string(70, '[') +
+                       std::string(70, ']') + "}",
+                   "nested deeper than 64", json(7)},
+        RejectCase{"DeepWithUnusableId",
+                   R"({"id": 1.5, "routing_key": "a", "body": )" + std::string(70, '[') +
+                       std::string(70, ']') + "}",
                    "nested deeper than 64"}),
     [](const auto& info) { return std::string(info.param.label); });
 
