@@ -247,6 +247,12 @@ void Manager::setup_runtime_dir() {
 // moves itself into a leaf of it, before anything else starts, as delegation requires.
 void Manager::setup_containment() {
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) fail(-errno, "PR_SET_CHILD_SUBREAPER");
+    // Jobs run as our user: were we dumpable, one allowed ptrace (seccomp: off, or a profile
+    // that allows it) could attach to us and act with what only we may (clone3, our bus
+    // connection, the ledger). Not dumpable, only CAP_SYS_PTRACE may (ptrace(2), "Ptrace access
+    // mode checking"); no core dump of ours either, which could hold event data. Children are
+    // dumpable again after execve.
+    if (prctl(PR_SET_DUMPABLE, 0) < 0) fail(-errno, "PR_SET_DUMPABLE");
     if (!config_.executor.restrict_namespaces)
         spdlog::info("executor.restrict_namespaces is false: loopabull's jobs and loopers may "
                      "create namespaces");

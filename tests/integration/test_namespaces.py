@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from conftest import base_config, event, read_answers, scripted, wait_until
+from conftest import Supervisor, base_config, event, read_answers, scripted, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading the filter by hand needs root")
 
@@ -84,3 +84,36 @@ def test_restrict_namespaces_false_lifts_it(workdir, supervisor):
         assert r["unshare-user"] == "0" and r["Seccomp"] == "0", (who, r)
         assert r["clone3"] == "ok", (who, r)
     assert "executor.restrict_namespaces is false" in sup.log
+
+
+def test_a_job_cannot_ptrace_the_supervisor(user_workdir):
+    """A job runs as loopabull's own user. With ptrace allowed to it (seccomp: off here) it
+    could attach to the supervisor and use what only the supervisor may (clone3, its bus
+    connection, the ledger), were the supervisor dumpable. Run as an unprivileged user: root's
+    CAP_SYS_PTRACE would attach anyway."""
+    workdir, user = user_workdir
+    out = workdir / "out" / "ptrace.txt"
+    script = workdir / "ptrace.sh"
+    script.write_text(
+        "#!/bin/sh\n/usr/bin/python3 -c \"import ctypes,os,sys; l=ctypes.CDLL(None,use_errno=True); "
+        "p=int(sys.argv[1]); r=l.ptrace(16,p,0,0); e=ctypes.get_errno(); "
+        "r==0 and l.ptrace(17,p,0,0); print('attach=' + ('ok' if r==0 else os.strerror(e)))\" "
+        f"$PPID > {out}\n")
+    script.chmod(0o755)
+    answers = workdir / "answers"
+    cfg = base_config(workdir, [scripted(lines=[event("test.ns", {}, id="p")], answers=str(answers))],
+                      ansible={"playbooks_dir": str(workdir / "playbooks"), "playbook_cmd": str(script)})
+    cfg["executor"] = {"seccomp": "off"}  # no allow_root: it runs as a plain user
+    (workdir / "playbooks" / "test.ns.yml").write_text("- hosts: localhost\n")
+    if user:
+        import pwd
+        pw = pwd.getpwnam(user)
+        for p in (workdir / "playbooks" / "test.ns.yml", script):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+    sup = Supervisor(workdir, cfg, user=user, instance="ptrace")
+    try:
+        wait_until(lambda: read_answers(answers), 60, what="the job's answer")
+        assert read_answers(answers)[0]["result"] == "succeeded", sup.log[-3000:]
+        assert out.read_text().strip() == "attach=Operation not permitted", out.read_text()
+    finally:
+        sup.kill()
