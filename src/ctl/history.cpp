@@ -3,6 +3,7 @@
 #include "ctl/history.hpp"
 
 #include "core/config.hpp"
+#include "core/log-safe.hpp"
 
 #include <charconv>
 #include <cstdio>
@@ -30,9 +31,11 @@ std::optional<std::uint64_t> parse_utc(const std::string& s) {
     return static_cast<std::uint64_t>(t) * 1000000;
 }
 
+// Error texts can quote what an event sent: control characters are shown escaped, as in the
+// log, never sent to the terminal (--json has them JSON-escaped already).
 std::string cell(const nlohmann::json& v) {
     if (v.is_null()) return "-";
-    if (v.is_string()) return v.get<std::string>();
+    if (v.is_string()) return loggable(v.get_ref<const std::string&>());
     return v.dump();
 }
 

@@ -7,6 +7,7 @@
 #include "ctl/ctl-metrics.hpp"
 #include "ctl/ctl-replay.hpp"
 #include "shared/dbus-names.hpp"
+#include "core/log-safe.hpp"
 
 #include "build-config.h"
 
@@ -493,8 +494,11 @@ json to_json(const JobDetail& j) {
 
 void print_json(const json& j) { std::printf("%s\n", j.dump(2).c_str()); }
 
-// A table with columns as wide as their widest cell, like systemctl list-jobs.
-void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+// A table with columns as wide as their widest cell, like systemctl list-jobs. Cells are shown
+// as the log shows outside text: control characters escaped.
+void print_table(const std::vector<std::string>& header, std::vector<std::vector<std::string>> rows) {
+    for (auto& row : rows)
+        for (auto& c : row) c = loopabull::loggable(c);
     std::vector<std::size_t> width(header.size());
     for (std::size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
     for (auto& row : rows)
@@ -658,7 +662,7 @@ int cmd_job(Client& c, const Options& o) {
     std::printf("       State: %s\n", j.state.c_str());
     std::printf("      Result: %s\n", j.result.empty() ? "-" : j.result.c_str());
     std::printf("   Exit code: %s\n", j.exit_code < 0 ? "-" : std::to_string(j.exit_code).c_str());
-    if (!j.error.empty()) std::printf("       Error: %s\n", j.error.c_str());
+    if (!j.error.empty()) std::printf("       Error: %s\n", loopabull::loggable(j.error).c_str());
     std::printf("      Looper: %s\n", j.looper.c_str());
     std::printf("        Unit: %s\n", j.unit.empty() ? "-" : j.unit.c_str());
     std::printf("      Queued: %s\n", format_time(j.queued_usec).c_str());

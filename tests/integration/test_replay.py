@@ -217,3 +217,19 @@ def test_an_unprivileged_caller_may_neither_read_nor_replay_a_body(instance, wor
     [rec] = json.loads(inst.ctl("history", "--json", user="nobody").stdout)
     assert rec["body"] == "stored" and "s3cret" not in json.dumps(rec)
     assert inst.bus.call(inst.bus_name, "ListJobs") == [[]]
+
+
+def test_history_shows_what_an_event_sent_escaped(instance, workdir):
+    """An error text may quote what the event sent (here a body key that top-level mode refuses):
+    `history` and `job` print control characters escaped, as the log does, never raw to the
+    terminal (a fresh user's test found them raw)."""
+    inst = instance("replay-esc", {"path": str(workdir / "esc.sqlite")}, playbook_cmd=["/bin/true"])
+    inst.cfg["ansible"]["event_variable"] = "top-level"
+    inst.sup.write_config(inst.cfg)
+    assert inst.ctl("reload").returncode == 0
+    inst.send("replay.record", {"ansible_\x1b[31mRED\r\nFAKE": 1}, "esc")
+    assert inst.answer("esc")["result"] == "rejected"
+    wait_until(lambda: json.loads(inst.ctl("history", "--json").stdout), 10, what="the record")
+    text = inst.ctl("history").stdout
+    assert "\x1b" not in text and "\r" not in text and "FAKE" in text, repr(text)
+    assert len(text.splitlines()) == 4, repr(text)  # header, one record, blank, count
