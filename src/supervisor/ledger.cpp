@@ -281,7 +281,7 @@ bool Ledger::open() {
     }
     restrict_mode(path_);
     // A reader (the D-Bus query) never waits long for the writer: both run on our one thread.
-    sqlite3_busy_timeout(db_, 1000);
+    sqlite3_busy_timeout(db_, kBusyTimeoutMs);
     // WAL: a commit appends to the log instead of rewriting pages; synchronous=NORMAL syncs at
     // checkpoints only, so a crash may lose the last batch but never corrupts the database.
     if (!exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;") || !exec(kSchema)) {
@@ -331,6 +331,14 @@ void Ledger::handle_error(int rc, const char* what) {
     if (is_corruption(rc)) rotate();
 }
 
+bool Ledger::may_log_busy() {
+    auto verdict = busy_log_.check(std::chrono::steady_clock::now());
+    if (verdict.suppressed)
+        spdlog::warn("history: suppressed {} similar messages (ledger locked) in the last minute",
+                     verdict.suppressed);
+    return verdict.log;
+}
+
 // One line per lost batch, at most five a minute; the counters (GetMetrics, the ledger's error
 // and drop counts) keep the full tally.
 void Ledger::log_lost_batch(int rc, std::size_t lost) {
@@ -349,19 +357,12 @@ void Ledger::record(LedgerRecord r) {
         return;
     }
     pending_.push_back(std::move(r));
-    if (pending_.size() >= config_.batch_size) {
+    // While the database is locked, only the timer tries again (see flush()).
+    if (pending_.size() >= config_.batch_size && !locked_) {
         flush();
         return;
     }
-    int enabled = SD_EVENT_OFF;
-    sd_event_source_get_enabled(timer_, &enabled);
-    if (enabled == SD_EVENT_OFF) {
-        std::uint64_t now = 0;
-        sd_event_now(event_, CLOCK_MONOTONIC, &now);
-        sd_event_source_set_time(timer_,
-                                 now + static_cast<std::uint64_t>(config_.flush_interval.count()));
-        sd_event_source_set_enabled(timer_, SD_EVENT_ONESHOT);
-    }
+    arm_timer();
 }
 
 int Ledger::on_timer(sd_event_source*, uint64_t, void* userdata) noexcept {
@@ -380,10 +381,13 @@ void Ledger::flush() {
         // Keep the batch for the next try, unless it has grown to the cap.
         if (pending_.size() >= kMaxPending) {
             stats_.dropped += pending_.size();
-            pending_.clear();
+            clear_pending();
         }
         return;
     }
+    // A retry after a lock does not wait for it: the event loop must not stall once a second
+    // for as long as another process holds the database.
+    sqlite3_busy_timeout(db_, locked_ ? 0 : kBusyTimeoutMs);
     sqlite3_stmt* s = nullptr;
     int rc = sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
     if (rc == SQLITE_OK) s = prepared(insert_, kInsert, &rc);
@@ -418,18 +422,34 @@ void Ledger::flush() {
     if (rc == SQLITE_OK) rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-        // The batch is lost rather than retried: a fault that repeats would otherwise hold
-        // every later record back too. It is counted and logged.
+        // Another process holds the database (an operator's sqlite3 shell, a backup): the batch
+        // waits for the next try, up to the cap on what is kept in memory.
+        int primary = rc & 0xff;
+        if ((primary == SQLITE_BUSY || primary == SQLITE_LOCKED) && pending_.size() < kMaxPending) {
+            ++stats_.errors;
+            locked_ = true;
+            if (may_log_busy())
+                spdlog::warn("history: {} is locked by another process: {} record(s) kept for "
+                             "the next try",
+                             path_, pending_.size());
+            arm_timer();
+            return;
+        }
+        // Any other fault loses the batch rather than retrying it: a fault that repeats would
+        // otherwise hold every later record back too. It is counted and logged.
         stats_.dropped += pending_.size();
         ++stats_.errors;
+        locked_ = false;
         log_lost_batch(rc, pending_.size());
-        pending_.clear();
+        clear_pending();
         if (is_corruption(rc)) rotate();
         if ((rc & 0xff) == SQLITE_FULL) prune();
         return;
     }
     stats_.written += pending_.size();
-    pending_.clear();
+    if (locked_) spdlog::info("history: {} is writable again", path_);
+    locked_ = false;
+    clear_pending();
     prune();
 }
 
@@ -599,10 +619,24 @@ int Ledger::write_bodies(int rc) {
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
         sqlite3_reset(s);
     }
-    // Written or lost with the batch they belong to: either way, not kept in memory.
+    return rc;
+}
+
+void Ledger::clear_pending() {
+    pending_.clear();
     pending_bodies_.clear();
     pending_body_bytes_ = 0;
-    return rc;
+}
+
+void Ledger::arm_timer() {
+    int enabled = SD_EVENT_OFF;
+    sd_event_source_get_enabled(timer_, &enabled);
+    if (enabled != SD_EVENT_OFF) return;
+    std::uint64_t now = 0;
+    sd_event_now(event_, CLOCK_MONOTONIC, &now);
+    sd_event_source_set_time(timer_,
+                             now + static_cast<std::uint64_t>(config_.flush_interval.count()));
+    sd_event_source_set_enabled(timer_, SD_EVENT_ONESHOT);
 }
 
 void Ledger::prune_bodies() {

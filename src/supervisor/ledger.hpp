@@ -198,7 +198,13 @@ class Ledger {
     LedgerStats stats_;
     // A fault that repeats (a full disk) fails every batch, at the event rate.
     LogRateLimit lost_log_{5, std::chrono::minutes(1)};
+    LogRateLimit busy_log_{5, std::chrono::minutes(1)};
+    static constexpr int kBusyTimeoutMs = 1000;
+    bool locked_ = false; // the last batch found the database locked: it waits, and retries
     void log_lost_batch(int rc, std::size_t lost);
+    bool may_log_busy();
+    void clear_pending(); // the batch and its bodies, written or lost
+    void arm_timer();     // the next flush in flush_interval, unless one is due already
 };
 
 // The default database path: history.path, else $STATE_DIRECTORY/history.sqlite (systemd sets

@@ -202,3 +202,43 @@ def test_a_ledger_that_cannot_grow_never_stops_events(workdir):
     with read_only(ledger) as db:
         kept = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
     assert kept < events
+
+
+def test_a_locked_ledger_keeps_its_records_until_it_is_free(workdir):
+    """Another process holds the ledger's write lock (an operator's sqlite3 shell, a backup):
+    the records wait in memory, retried without stalling the event loop, and are all written
+    once the lock is gone; nothing is lost (a fresh user's test lost them at the first retry)."""
+    ledger = workdir / "history.sqlite"
+    fifo, answers = workdir / "events.fifo", workdir / "answers"
+    os.mkfifo(fifo)
+    cfg = base_config(workdir, [scripted(fifo=str(fifo), answers=str(answers))],
+                      history={"path": str(ledger), "flush_interval": "50ms", "record_unrouted": True},
+                      loglevel="info")
+    sup = Supervisor(workdir, cfg)
+    try:
+        with open(fifo, "w") as events:
+            def send(i):
+                events.write(json.dumps({"routing_key": "locked.none", "id": f"l-{i}"}) + "\n")
+                events.flush()
+            send(0)
+            wait_until(lambda: ledger.exists() and count(ledger) == 1, 10, what="the first record")
+            holder = sqlite3.connect(ledger, isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            for i in range(1, 6):
+                send(i)
+            wait_until(lambda: len(read_answers(answers)) == 6, 10, what="every answer, locked")
+            sup.wait_log(r"history: .*history\.sqlite is locked by another process: \d+ record\(s\) kept")
+            holder.execute("ROLLBACK")
+            holder.close()
+            wait_until(lambda: count(ledger) == 6, 10, what="the kept records")
+            sup.wait_log(r"history: .*history\.sqlite is writable again")
+        assert sup.stop() == 0
+    finally:
+        if sup.proc.poll() is None:
+            sup.kill()
+    assert "record(s) lost" not in sup.log
+
+
+def count(ledger):
+    with read_only(ledger) as db:
+        return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
