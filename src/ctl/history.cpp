@@ -26,8 +26,13 @@ std::optional<std::uint64_t> parse_utc(const std::string& s) {
         end = nullptr;
     }
     if (!end) return std::nullopt;
+    std::tm asked = tm;
     time_t t = timegm(&tm);
     if (t < 0) return std::nullopt;
+    // timegm() normalises what strptime() let through (February 30, second 60): refuse it.
+    if (tm.tm_mday != asked.tm_mday || tm.tm_mon != asked.tm_mon || tm.tm_hour != asked.tm_hour ||
+        tm.tm_min != asked.tm_min || tm.tm_sec != asked.tm_sec)
+        return std::nullopt;
     return static_cast<std::uint64_t>(t) * 1000000;
 }
 

@@ -112,6 +112,21 @@ struct Options {
     std::uint32_t limit = 100;
 };
 
+[[noreturn]] void usage_error(const std::string& msg);
+
+// A typo must not read as "nothing failed": only protocol v1's results (loopabull-looper(7)).
+void check_result(const std::string& result) {
+    static constexpr const char* kResults[] = {"succeeded", "failed",  "unrouted",
+                                               "rejected",  "timeout", "cancelled",
+                                               "aborted",   "superseded", "throttled"};
+    std::string list;
+    for (auto r : kResults) {
+        if (result == r) return;
+        list += (list.empty() ? "" : ", ") + std::string(r);
+    }
+    usage_error("invalid --result '" + result + "': one of " + list);
+}
+
 [[noreturn]] void usage_error(const std::string& msg) {
     std::fprintf(stderr, "loopabullctl: %s\nTry 'loopabullctl --help'.\n", msg.c_str());
     std::exit(kUsage);
@@ -161,7 +176,10 @@ Options parse_args(int argc, char** argv) {
         case kKey: o.key = optarg; break;
         case kResult: o.result = optarg; break;
         case kSince:
-            if (!loopabull::ctl::parse_since(optarg, 1)) usage_error(std::string("invalid --since '") + optarg + "'");
+            if (!loopabull::ctl::parse_since(optarg, 1))
+                usage_error(std::string("invalid --since '") + optarg +
+                            "': give a duration back from now (30min, 24h, 7d), a time "
+                            "(2026-11-30 or 2026-11-30T16:00:00, UTC) or @SECONDS");
             o.since = optarg;
             break;
         case kLimit: {
@@ -195,6 +213,7 @@ Options parse_args(int argc, char** argv) {
     if (o.args.size() != it->second)
         usage_error("'" + o.command + "' takes " +
                     (it->second ? "one argument, a job id" : std::string("no arguments")));
+    if (!o.result.empty()) check_result(o.result);
     if (o.command != "history" && (!o.key.empty() || !o.result.empty() || !o.since.empty()))
         usage_error("--key, --result and --since are options of 'history'");
     if (o.body && o.command != "job") usage_error("--body is an option of 'job'");

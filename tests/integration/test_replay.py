@@ -6,6 +6,7 @@ a stand-in playbook command, since what they check ends before a playbook matter
 import json
 import os
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -233,3 +234,18 @@ def test_history_shows_what_an_event_sent_escaped(instance, workdir):
     text = inst.ctl("history").stdout
     assert "\x1b" not in text and "\r" not in text and "FAKE" in text, repr(text)
     assert len(text.splitlines()) == 4, repr(text)  # header, one record, blank, count
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--result", "foo"], "invalid --result 'foo': one of succeeded, failed,"),
+    (["--result", "SUCCEEDED"], "invalid --result 'SUCCEEDED'"),
+    (["--since", "2026-02-30"], "invalid --since '2026-02-30': give a duration"),
+    (["--since", "2026-11-30T16:52:60"], "invalid --since"),
+    (["--since", "1y"], "invalid --since '1y'"),
+])
+def test_history_refuses_filters_that_match_nothing_by_mistake(args, needle):
+    """A typo in a filter must not read as "nothing failed" (exit 0, no records): it is a usage
+    error (exit 2), said before any bus is asked."""
+    r = subprocess.run([str(test_dbus.CTL), "-i", "nosuch", "history", *args],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and needle in r.stderr, r
