@@ -253,6 +253,7 @@ void Manager::setup_containment() {
     // mode checking"); no core dump of ours either, which could hold event data. Children are
     // dumpable again after execve.
     if (prctl(PR_SET_DUMPABLE, 0) < 0) fail(-errno, "PR_SET_DUMPABLE");
+    namespaces_restricted_at_start_ = config_.executor.restrict_namespaces;
     if (!config_.executor.restrict_namespaces)
         spdlog::info("executor.restrict_namespaces is false: loopabull's jobs and loopers may "
                      "create namespaces");
@@ -381,8 +382,10 @@ void Manager::apply(Config config) {
     auto mode = scope_mode(config.executor);
     auto cgroups = cgroup_mode(config.executor);
     log::set_level(options_.log_level.value_or(config.loglevel));
-    if (started_ && config.executor.restrict_namespaces != config_.executor.restrict_namespaces)
-        spdlog::warn("executor.restrict_namespaces changed: it takes effect at the next start");
+    if (started_ && config.executor.restrict_namespaces != namespaces_restricted_at_start_)
+        spdlog::warn("executor.restrict_namespaces is {} now, {} since the start: a filter cannot "
+                     "be taken back, so it takes effect at the next start",
+                     config.executor.restrict_namespaces, namespaces_restricted_at_start_);
     executor_->set_scope_mode(std::move(mode));
     executor_->set_cgroup_mode(std::move(cgroups));
     playbooks_dirfd_ = std::move(dirfd);

@@ -302,6 +302,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool stopping_ = false;
     bool paused_ = false;
     bool started_ = false;
+    bool namespaces_restricted_at_start_ = true; // executor.restrict_namespaces, read at start only
     ManagerObserver* observer_ = nullptr;
     std::unique_ptr<ManagerObserver> bus_api_;
     std::unique_ptr<Ledger> ledger_; // after event_: its timer goes first

@@ -10,6 +10,7 @@ another user without them, loopabull says it does not restrict namespaces, so th
 root."""
 import os
 import re
+import signal
 
 import pytest
 
@@ -117,3 +118,19 @@ def test_a_job_cannot_ptrace_the_supervisor(user_workdir):
         assert out.read_text().strip() == "attach=Operation not permitted", out.read_text()
     finally:
         sup.kill()
+
+
+def test_a_reload_says_the_restriction_waits_for_the_next_start(workdir, supervisor):
+    """A filter cannot be taken back: a reload that turns it off warns, and one that turns it
+    back on (as it still is) says nothing."""
+    cfg = base_config(workdir, [scripted()])
+    sup = supervisor(cfg)
+    sup.write_config({**cfg, "executor": {**cfg["executor"], "restrict_namespaces": False}})
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("configuration reloaded")
+    sup.wait_log(r"executor.restrict_namespaces is false now, true since the start")
+    sup.write_config(cfg)
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("configuration reloaded", count=2)
+    assert sup.log.count("restrict_namespaces is") == 1, sup.log[-2000:]
+    assert sup.stop() == 0
