@@ -258,7 +258,9 @@ void Manager::setup_containment() {
         spdlog::info("executor.restrict_namespaces is false: loopabull's jobs and loopers may "
                      "create namespaces");
     else if (auto why = restrict_namespaces())
-        spdlog::info("namespaces: not restricted ({}): loopabull runs without no_new_privs", *why);
+        spdlog::warn("namespaces: not restricted ({}): loopabull runs without no_new_privs or "
+                     "CAP_SYS_ADMIN, so executor.restrict_namespaces is not in force",
+                     *why);
     else
         spdlog::debug("namespaces: their creation is refused to loopabull (clone3 excepted) "
                       "and to every process it starts");
