@@ -2,6 +2,8 @@
 // The durable job ledger on SQLite (see ledger.hpp for why and how).
 #include "supervisor/ledger.hpp"
 
+#include "supervisor/log.hpp"
+
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>
@@ -331,22 +333,10 @@ void Ledger::handle_error(int rc, const char* what) {
     if (is_corruption(rc)) rotate();
 }
 
-bool Ledger::may_log_busy() {
-    auto verdict = busy_log_.check(std::chrono::steady_clock::now());
-    if (verdict.suppressed)
-        spdlog::warn("history: suppressed {} similar messages (ledger locked) in the last minute",
-                     verdict.suppressed);
-    return verdict.log;
-}
-
 // One line per lost batch, at most five a minute; the counters (GetMetrics, the ledger's error
 // and drop counts) keep the full tally.
 void Ledger::log_lost_batch(int rc, std::size_t lost) {
-    auto verdict = lost_log_.check(std::chrono::steady_clock::now());
-    if (verdict.suppressed)
-        spdlog::error("history: suppressed {} similar messages (lost batches) in the last minute",
-                      verdict.suppressed);
-    if (verdict.log)
+    if (log::may_log(lost_log_, "lost batches", spdlog::level::err))
         spdlog::error("history: writing a batch failed on {}: {}; {} record(s) lost", path_,
                       sqlite3_errstr(rc), lost);
 }
@@ -428,7 +418,7 @@ void Ledger::flush() {
         if ((primary == SQLITE_BUSY || primary == SQLITE_LOCKED) && pending_.size() < kMaxPending) {
             ++stats_.errors;
             locked_ = true;
-            if (may_log_busy())
+            if (log::may_log(busy_log_, "ledger locked"))
                 spdlog::warn("history: {} is locked by another process: {} record(s) kept for "
                              "the next try",
                              path_, pending_.size());

@@ -202,7 +202,6 @@ class Ledger {
     static constexpr int kBusyTimeoutMs = 1000;
     bool locked_ = false; // the last batch found the database locked: it waits, and retries
     void log_lost_batch(int rc, std::size_t lost);
-    bool may_log_busy();
     void clear_pending(); // the batch and its bodies, written or lost
     void arm_timer();     // the next flush in flush_interval, unless one is due already
 };

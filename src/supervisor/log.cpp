@@ -111,4 +111,12 @@ void set_level(LogLevel level) {
     spdlog::set_level(to_spdlog(level));
 }
 
+bool may_log(LogRateLimit& limit, std::string_view what, spdlog::level::level_enum level) {
+    auto verdict = limit.check(std::chrono::steady_clock::now());
+    if (verdict.suppressed)
+        spdlog::log(level, "suppressed {} similar messages ({}) in the last seconds",
+                    verdict.suppressed, what);
+    return verdict.log;
+}
+
 } // namespace loopabull::log

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/log-level.hpp"
+#include "core/log-safe.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -39,5 +40,11 @@ class Scope {
 
 void setup(LogLevel level);
 void set_level(LogLevel level);
+
+// Whether a rate-limited line may be logged now (LogRateLimit::check on the steady clock); when
+// lines were left out since the last one, says how many first, at `level`:
+// "suppressed N similar messages (WHAT) in the last seconds".
+bool may_log(LogRateLimit& limit, std::string_view what,
+             spdlog::level::level_enum level = spdlog::level::warn);
 
 } // namespace loopabull::log

@@ -44,7 +44,7 @@ bool Manager::deduplicate(Looper& looper, const Event& ev, std::string& key) {
         if (auto job = jobs_.find(it->second); job != jobs_.end()) {
             job->second.followers.push_back({looper.generation(), *ev.id});
             ++counters_.events_duplicate;
-            if (may_log(duplicate_log_, "duplicate events"))
+            if (log::may_log(duplicate_log_, "duplicate events"))
                 spdlog::info("{}: event {} is a duplicate of job {}, which has not ended; it "
                              "gets that job's outcome",
                              ev.routing_key, loggable(key), it->second);
@@ -71,7 +71,7 @@ bool Manager::deduplicate(Looper& looper, const Event& ev, std::string& key) {
         break;
     }
     ++counters_.events_duplicate;
-    if (may_log(duplicate_log_, "duplicate events"))
+    if (log::may_log(duplicate_log_, "duplicate events"))
         spdlog::info("{}: event {} already succeeded as job {} within the dedup window; not run "
                      "again",
                      ev.routing_key, loggable(key), found.job_id);

@@ -743,14 +743,6 @@ void Manager::looper_line(Looper& looper, const LineReader::Line& line) {
         route(looper, std::move(std::get<Event>(parsed)));
 }
 
-bool Manager::may_log(LogRateLimit& limit, std::string_view what) {
-    auto verdict = limit.check(std::chrono::steady_clock::now());
-    if (verdict.suppressed)
-        spdlog::warn("suppressed {} similar messages ({}) in the last seconds", verdict.suppressed,
-                     what);
-    return verdict.log;
-}
-
 void Manager::flush_rate_limits() {
     if (auto n = rejected_log_.flush())
         spdlog::warn("suppressed {} similar messages (rejected events) in the last seconds", n);
@@ -767,7 +759,7 @@ void Manager::flush_rate_limits() {
 void Manager::reject(Looper& looper, const std::optional<json>& id, const std::string& reason) {
     ++counters_.events_rejected;
     // A looper relays what anyone sends it: these lines are the outsiders', limited and escaped.
-    if (may_log(rejected_log_, "rejected events"))
+    if (log::may_log(rejected_log_, "rejected events"))
         spdlog::warn("looper {}: rejected an event: {}{}", looper.name(), loggable(reason),
                      id ? "" : " (no readable id, so no answer)");
     ledger_event(looper, id, {}, Result::rejected, reason);
@@ -806,7 +798,8 @@ void Manager::route(Looper& looper, Event ev) {
         ++counters_.events_unrouted;
         // Anyone who can send events can send keys without a playbook: limited too. The reason
         // (for no_route, naming the closest route) is written only for a line that is logged.
-        if (spdlog::should_log(spdlog::level::info) && may_log(unrouted_log_, "unrouted events"))
+        if (spdlog::should_log(spdlog::level::info) &&
+            log::may_log(unrouted_log_, "unrouted events"))
             spdlog::info("{}: {}; unrouted", ev.routing_key,
                          loggable(d.reason(ev.routing_key, looper.name())));
         ledger_unrouted(looper, ev.id, ev.routing_key,
@@ -824,7 +817,7 @@ void Manager::route(Looper& looper, Event ev) {
     case V::bad_body: {
         ++counters_.events_rejected;
         auto reason = d.reason(ev.routing_key, looper.name());
-        if (may_log(rejected_log_, "rejected events"))
+        if (log::may_log(rejected_log_, "rejected events"))
             spdlog::warn("looper {}: rejected an event: {}", looper.name(), loggable(reason));
         ledger_event(looper, ev.id, ev.routing_key, Result::rejected, reason);
         return answer(looper.name(), looper.generation(), ev.id, Result::rejected, std::nullopt,
@@ -861,7 +854,7 @@ bool Manager::admit_throttled(const Dispatch& d, const std::string& routing_key)
         return true;
     ++counters_.events_throttled;
     // A throttled key is a chatty one by definition: its lines are limited like unrouted ones.
-    if (spdlog::should_log(spdlog::level::info) && may_log(throttled_log_, "throttled events"))
+    if (spdlog::should_log(spdlog::level::info) && log::may_log(throttled_log_, "throttled events"))
         spdlog::info("{}: throttled by route '{}' ({} = {} ran within {}s)", routing_key, r->name,
                      r->throttle->per.text(), display_value(d.throttle_value),
                      r->throttle->once_within.count() / 1000000);

@@ -12,6 +12,7 @@
 #include "supervisor/cgroup.hpp"
 #include "supervisor/executor.hpp"
 #include "supervisor/ledger.hpp"
+#include "supervisor/log.hpp"
 #include "supervisor/looper.hpp"
 #include "supervisor/metrics-file.hpp"
 #include "supervisor/proc-tree.hpp"
@@ -169,7 +170,7 @@ class Manager final : public LooperHost, public ExecutorHost {
     bool cancel_job(JobId id, std::string_view by = "an operator");
     // Whether a line about a refused D-Bus call may be logged now (20 every 10 s; the next line
     // says how many were suppressed): callers are outsiders, who must not flood the journal.
-    bool may_log_refused_call() { return may_log(refused_log_, "refused D-Bus calls"); }
+    bool may_log_refused_call() { return log::may_log(refused_log_, "refused D-Bus calls"); }
     // The recorded body of a finished job (JSON text), from the ledger.
     std::variant<std::string, ReplayRefusal> job_body(JobId id);
     // Runs the recorded event of job `of` (routing key, looper, body) again through today's
@@ -253,7 +254,6 @@ class Manager final : public LooperHost, public ExecutorHost {
     void connect_scopes(const ExecutorConfig& e);
     void retry_scopes();
     // Whether a line an outsider caused may be logged now; says first how many were suppressed.
-    bool may_log(LogRateLimit& limit, std::string_view what);
     void flush_rate_limits();
     // An event that made no job, into the ledger (rejected; unrouted through ledger_unrouted).
     void ledger_event(const Looper& looper, const std::optional<json>& id, const std::string& key,
